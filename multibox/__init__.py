@@ -1,0 +1,8 @@
+"""multibox: a PyTorch toolkit for one-stage object detection.
+
+The detection math lives in small modules of pure tensor functions:
+:mod:`multibox.boxes`, :mod:`multibox.anchors`, :mod:`multibox.matching`,
+:mod:`multibox.coding`, :mod:`multibox.losses` and :mod:`multibox.postprocess`.
+"""
+
+__version__ = "0.1.0"

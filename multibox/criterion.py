@@ -1,0 +1,109 @@
+"""RetinaNet's training criterion, batched over images: match, encode, focal loss, box loss.
+
+``criterion(outputs, anchors, targets) -> {"cls", "box", "total"}``: a plain callable apart from
+the model, so that a validation loss is one line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .coding import DeltaCoder
+from .losses import SMOOTH_L1_BETA, iou_loss, positive_normalizer, sigmoid_focal_loss_dense, smooth_l1_loss
+from .matching import match_boxes, pad_batch
+from .structures import DenseOutput
+
+__all__ = ["RetinaNetCriterion"]
+
+_BOX_LOSSES = ("l1", "smooth_l1", "giou")
+
+
+@dataclass
+class RetinaNetCriterion:
+    """Focal loss for classes plus a box loss on positive anchors (Lin et al. 2017).
+
+    Anchors with IoU ``>= pos_iou`` to a box are positive, ``< neg_iou`` negative (background),
+    in between ignored; with ``allow_low_quality`` each box also takes its best anchors. The
+    focal loss is summed over all non-ignored anchors and classes, the box loss over positive
+    anchors, and both are divided by the number of positive anchors (at least 1).
+
+    Attributes:
+        coder: box coder for the regression targets.
+        pos_iou, neg_iou, allow_low_quality: the matching policy (see :func:`multibox.matching.match`).
+        alpha, gamma: focal loss parameters.
+        box_loss: ``"l1"`` (on deltas), ``"smooth_l1"`` (on deltas) or ``"giou"`` (on decoded boxes).
+        box_weight: weight of the box loss in ``total``.
+        smooth_l1_beta: smooth L1 switch point.
+        normalize: ``"batch"`` divides the batch sums by the batch's positives (the paper,
+            detectron2); ``"image"`` divides each image by its own positives and averages the
+            images (torchvision).
+    """
+
+    coder: DeltaCoder = field(default_factory=DeltaCoder)
+    pos_iou: float = 0.5
+    neg_iou: float = 0.4
+    allow_low_quality: bool = True
+    alpha: float = 0.25
+    gamma: float = 2.0
+    box_loss: str = "l1"
+    box_weight: float = 1.0
+    smooth_l1_beta: float = SMOOTH_L1_BETA
+    normalize: str = "batch"
+
+    def __post_init__(self) -> None:
+        if self.box_loss not in _BOX_LOSSES:
+            raise ValueError(f"box_loss must be one of {_BOX_LOSSES}, got {self.box_loss!r}")
+        if self.normalize not in ("batch", "image"):
+            raise ValueError(f"normalize must be 'batch' or 'image', got {self.normalize!r}")
+
+    def __call__(
+        self, outputs: DenseOutput | tuple[Tensor, Tensor], anchors: Tensor, targets: Sequence[dict[str, Tensor]]
+    ) -> dict[str, Tensor]:
+        """Losses of a batch.
+
+        Args:
+            outputs: ``cls_logits [B, A, K]`` and ``box_deltas [B, A, 4]``.
+            anchors: ``[A, 4]`` xyxy anchors in input pixels.
+            targets: per image, ``{"boxes": [G, 4] xyxy pixels, "labels": [G] in 0..K-1}``;
+                ``G`` may be 0.
+
+        Returns:
+            ``{"cls": scalar, "box": scalar, "total": cls + box_weight * box}``.
+        """
+        cls_logits, box_deltas = outputs
+        if len(targets) != cls_logits.shape[0]:
+            raise ValueError(f"got {len(targets)} targets for a batch of {cls_logits.shape[0]} images")
+        boxes, _ = pad_batch([t["boxes"] for t in targets])
+        classes, _ = pad_batch([t["labels"] for t in targets])
+        matched = match_boxes(
+            [t["boxes"] for t in targets], anchors, self.pos_iou, self.neg_iou, self.allow_low_quality
+        )  # [B, A]
+        positive = matched >= 0
+        box_index = matched.clamp(min=0)
+        labels = torch.where(positive, classes.gather(1, box_index), matched)  # class, NEGATIVE or IGNORE
+        cls_per_image = sigmoid_focal_loss_dense(cls_logits, labels, self.alpha, self.gamma)  # [B]
+
+        image, anchor = positive.nonzero(as_tuple=True)  # [P]
+        matched_boxes = boxes[image, box_index[image, anchor]]  # [P, 4]
+        deltas = box_deltas[image, anchor]  # [P, 4]
+        if self.box_loss == "giou":
+            predicted = self.coder.decode(anchors, deltas, anchor_index=anchor)
+            per_positive = iou_loss(predicted, matched_boxes, "giou")
+        else:
+            beta = 0.0 if self.box_loss == "l1" else self.smooth_l1_beta
+            target = self.coder.encode(anchors, matched_boxes, anchor_index=anchor)
+            per_positive = smooth_l1_loss(deltas, target, beta=beta, reduction="none").sum(dim=-1)
+        box_per_image = cls_per_image.new_zeros(cls_per_image.shape).index_add(0, image, per_positive)
+
+        num_positive = positive.sum(dim=1)  # [B]
+        if self.normalize == "image":
+            norm = positive_normalizer(num_positive).to(cls_per_image)
+            cls, box = (cls_per_image / norm).mean(), (box_per_image / norm).mean()
+        else:
+            norm = positive_normalizer(num_positive.sum()).to(cls_per_image)
+            cls, box = cls_per_image.sum() / norm, box_per_image.sum() / norm
+        return {"cls": cls, "box": box, "total": cls + self.box_weight * box}

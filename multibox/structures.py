@@ -1,0 +1,55 @@
+"""The two result types that cross module boundaries: a dense head's output and detections."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["DenseOutput", "Detections"]
+
+
+class DenseOutput(NamedTuple):
+    """What every dense detector returns, in training and in evaluation alike.
+
+    Attributes:
+        cls_logits: ``[B, A, K]`` raw class scores per anchor (``K + 1`` columns for a softmax
+            head, background in column 0).
+        box_deltas: ``[B, A, 4]`` box regression outputs per anchor, in the coder's units.
+    """
+
+    cls_logits: Tensor
+    box_deltas: Tensor
+
+
+@dataclass
+class Detections:
+    """Detections for one image.
+
+    Attributes:
+        boxes: ``[N, 4]`` xyxy boxes in pixels of the image they were predicted for.
+        scores: ``[N]`` confidences in ``[0, 1]``, highest first.
+        labels: ``[N]`` class indices ``0..C-1``.
+        names: class names indexed by label, when known (a loaded model fills them in).
+    """
+
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor
+    names: list[str] | None = field(default=None)
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+    @classmethod
+    def empty(cls, device: torch.device | str | None = None) -> Detections:
+        return cls(
+            boxes=torch.zeros((0, 4), device=device),
+            scores=torch.zeros((0,), device=device),
+            labels=torch.zeros((0,), dtype=torch.long, device=device),
+        )
+
+    def to(self, device: torch.device | str) -> Detections:
+        return Detections(self.boxes.to(device), self.scores.to(device), self.labels.to(device), self.names)
