@@ -19,7 +19,7 @@ from .structures import DenseOutput
 
 __all__ = ["RetinaNetCriterion"]
 
-_BOX_LOSSES = ("l1", "smooth_l1", "giou")
+_BOX_LOSSES = ("l1", "smooth_l1", "giou", "diou", "ciou")
 
 
 @dataclass
@@ -35,7 +35,8 @@ class RetinaNetCriterion:
         coder: box coder for the regression targets.
         pos_iou, neg_iou, allow_low_quality: the matching policy (see :func:`multibox.matching.match`).
         alpha, gamma: focal loss parameters.
-        box_loss: ``"l1"`` (on deltas), ``"smooth_l1"`` (on deltas) or ``"giou"`` (on decoded boxes).
+        box_loss: ``"l1"`` or ``"smooth_l1"`` (on deltas), or ``"giou"``, ``"diou"``, ``"ciou"``
+            (on decoded boxes).
         box_weight: weight of the box loss in ``total``.
         smooth_l1_beta: smooth L1 switch point.
         normalize: ``"batch"`` divides the batch sums by the batch's positives (the paper,
@@ -90,9 +91,9 @@ class RetinaNetCriterion:
         image, anchor = positive.nonzero(as_tuple=True)  # [P]
         matched_boxes = boxes[image, box_index[image, anchor]]  # [P, 4]
         deltas = box_deltas[image, anchor]  # [P, 4]
-        if self.box_loss == "giou":
+        if self.box_loss in ("giou", "diou", "ciou"):
             predicted = self.coder.decode(anchors, deltas, anchor_index=anchor)
-            per_positive = iou_loss(predicted, matched_boxes, "giou")
+            per_positive = iou_loss(predicted, matched_boxes, self.box_loss)
         else:
             beta = 0.0 if self.box_loss == "l1" else self.smooth_l1_beta
             target = self.coder.encode(anchors, matched_boxes, anchor_index=anchor)

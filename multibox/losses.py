@@ -105,7 +105,7 @@ def sigmoid_focal_loss_dense(
     w_pos, w_neg = (alpha, 1 - alpha) if weighted else (1.0, 1.0)
 
     # Every entry as a negative: -(1 - alpha) * p^gamma * log(1 - p) = (1 - alpha) * p^gamma * softplus(x).
-    as_negative = torch.sigmoid(cls_logits).pow_(gamma).mul_(F.softplus(cls_logits)).sum(dim=-1)  # [B, A]
+    as_negative = (torch.sigmoid(cls_logits) ** gamma * F.softplus(cls_logits)).sum(dim=-1)  # [B, A]
     per_image = (as_negative * (labels != IGNORE)).sum(dim=-1) * w_neg
 
     positive = labels >= 0

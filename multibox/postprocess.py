@@ -341,7 +341,8 @@ def soft_nms(
             decay = torch.exp(-(iou * iou) / config.sigma)
         else:
             decay = torch.where(iou > nms_iou, 1 - iou, torch.ones_like(iou))
-        live = torch.where(active[:, None], live * decay, live)
+        # -inf marks removed boxes; -inf * 0 would be NaN, so they are left alone
+        live = torch.where(active[:, None] & torch.isfinite(live), live * decay, live)
         live.masked_fill_(live <= config.min_score, float("-inf"))
     if not kept_index:
         return empty

