@@ -12,3 +12,14 @@ def random_boxes(n: int, size: float = 100.0, min_side: float = 1.0, generator=N
     xy = torch.rand(n, 2, generator=generator) * size * 0.8
     wh = min_side + torch.rand(n, 2, generator=generator) * size * 0.5
     return torch.cat((xy, xy + wh), dim=1)
+
+
+def canonical(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Detections as rows ``[score, label, x1, y1, x2, y2]``, by score, ties by label then box.
+
+    Correct NMS implementations may order detections of exactly equal score differently.
+    """
+    rows = torch.cat((scores[:, None], labels[:, None].to(scores), boxes), dim=1).double()
+    for column in reversed(range(1, rows.shape[1])):
+        rows = rows[rows[:, column].argsort(stable=True)]
+    return rows[(-rows[:, 0]).argsort(stable=True)]
