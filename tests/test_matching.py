@@ -152,3 +152,20 @@ def test_bad_inputs():
         match_boxes([random_boxes(2), bad], anchors)
     with pytest.raises(ValueError, match=r"boxes\[0\] must have shape \[G, 4\]"):
         batch_iou([torch.zeros(4)], anchors)
+
+
+@pytest.mark.parametrize("block_elements", [1, 64, 1000])
+def test_match_boxes_blocks_of_any_size_give_the_same_matches(monkeypatch, block_elements):
+    import multibox.matching as matching
+
+    monkeypatch.setattr(matching, "_BLOCK_ELEMENTS", block_elements)
+    anchors = pyramid_anchors((64, 64), strides=(8, 16), sizes=(12, 24))
+    gen = torch.Generator().manual_seed(block_elements)
+    boxes = []
+    for count in (4, 0, 9):
+        xy = (torch.rand(count, 2, generator=gen) * 56).round()
+        b = torch.cat((xy, xy + 1 + (torch.rand(count, 2, generator=gen) * 40).round()), dim=1)
+        boxes.append(torch.cat((b, b[:1])) if count else b)  # a duplicate box: exact ties
+    expected = match(batch_iou(boxes, anchors))
+    assert (expected >= 0).any()
+    assert torch.equal(match_boxes(boxes, anchors), expected)
