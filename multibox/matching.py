@@ -35,13 +35,12 @@ def pad_batch(tensors: Sequence[Tensor], fill: float = 0) -> tuple[Tensor, Tenso
     """
     if len(tensors) == 0:
         raise ValueError("expected one tensor per image, got an empty sequence")
-    counts = [int(t.shape[0]) for t in tensors]
-    width = max(1, *counts)
     ref = tensors[0]
-    padded = ref.new_full((len(tensors), width, *ref.shape[1:]), fill)
-    for i, t in enumerate(tensors):
-        padded[i, : counts[i]] = t
-    valid = torch.arange(width, device=ref.device)[None, :] < torch.tensor(counts, device=ref.device)[:, None]
+    counts = torch.tensor([t.shape[0] for t in tensors], device=ref.device)
+    padded = torch.nn.utils.rnn.pad_sequence(list(tensors), batch_first=True, padding_value=fill)
+    if padded.shape[1] == 0:  # no image has an entry: keep one padding slot so shapes stay simple
+        padded = ref.new_full((len(tensors), 1, *ref.shape[1:]), fill)
+    valid = torch.arange(padded.shape[1], device=ref.device)[None, :] < counts[:, None]
     return padded, valid
 
 

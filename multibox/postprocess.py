@@ -114,7 +114,7 @@ def postprocess(
     boxes = _clip(boxes, sizes)
 
     if soft_nms is not None:
-        return soft_nms_batched(boxes, scores, labels, soft_nms, nms_iou, max_det)
+        return _soft_nms_batched(boxes, scores, labels, soft_nms, nms_iou, max_det)
     keep = _greedy_nms_topn(boxes, scores, labels, nms_iou, max_det)
     return [Detections(boxes[i, k], scores[i, k], labels[i, k]) for i, k in enumerate(keep)]
 
@@ -303,7 +303,7 @@ def _exact_class_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshol
     return kept[scores[kept].argsort(descending=True, stable=True)]
 
 
-def soft_nms_batched(
+def _soft_nms_batched(
     boxes: Tensor, scores: Tensor, labels: Tensor, config: SoftNMS, nms_iou: float, max_det: int
 ) -> list[Detections]:
     """Class-aware soft-NMS of padded candidates ``[B, C]`` (``-inf`` = empty), all images at once."""
