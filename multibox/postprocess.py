@@ -31,7 +31,11 @@ __all__ = ["Coder", "SoftNMS", "nms_iou_matrix", "postprocess", "soft_nms"]
 
 
 class Coder(Protocol):
-    def decode(self, anchors: Tensor, deltas: Tensor, anchor_index: Tensor | None = None) -> Tensor: ...
+    """What post-processing needs of a box coder (``DeltaCoder``, ``TanhCoder``)."""
+
+    def decode(self, anchors: Tensor, deltas: Tensor, anchor_index: Tensor | None = None) -> Tensor:
+        """Boxes ``[..., 4]`` (xyxy pixels) from ``deltas [..., 4]`` of ``anchors[anchor_index]``."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ class Detections:
 
     @classmethod
     def empty(cls, device: torch.device | str | None = None) -> Detections:
+        """No detections: ``boxes [0, 4]``, ``scores [0]``, ``labels [0]``."""
         return cls(
             boxes=torch.zeros((0, 4), device=device),
             scores=torch.zeros((0,), device=device),
@@ -52,4 +53,5 @@ class Detections:
         )
 
     def to(self, device: torch.device | str) -> Detections:
+        """The same detections on ``device``."""
         return Detections(self.boxes.to(device), self.scores.to(device), self.labels.to(device), self.names)
