@@ -16,6 +16,12 @@ app = typer.Typer(
 )
 
 
+def _add_subcommands() -> None:
+    from .cli_data import app as data_app
+
+    app.add_typer(data_app, name="data")
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"multibox {__version__}")
@@ -59,6 +65,9 @@ def _offline_weights() -> str | None:
         return None
     path = Path(spec.origin).parent / "weights" / "mobilenet_v2-b0353104.pth"
     return str(path) if path.is_file() else None
+
+
+_add_subcommands()
 
 
 def main() -> None:
