@@ -50,7 +50,7 @@ def test_bad_csv_boxes(tmp_path, row, message):
 
 
 def test_unknown_class_names(tmp_path):
-    with pytest.raises(DataError, match="line 2: unknown class 'zebra'; known classes: cat, dog"):
+    with pytest.raises(DataError, match=r"line 2: unknown class 'zebra'; known classes: cat, dog"):
         load_dataset(_csv(tmp_path, ["img0.jpg,1,1,5,5,zebra"]), class_names=["cat", "dog"])
     data = sample_set(tmp_path / "voc-src")
     write_dataset(data, tmp_path / "voc", "voc")
@@ -66,12 +66,12 @@ def test_missing_csv_column(tmp_path):
 def test_missing_and_corrupt_images(tmp_path):
     path = _csv(tmp_path, ["img0.jpg,1,1,5,5,cat"])
     (tmp_path / "img0.jpg").unlink()
-    with pytest.raises(DataError, match="img0.jpg: image file not found"):
+    with pytest.raises(DataError, match=r"img0.jpg: image file not found"):
         load_dataset(path)
     (tmp_path / "img0.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
-    with pytest.raises(DataError, match="img0.jpg: not a readable image"):
+    with pytest.raises(DataError, match=r"img0.jpg: not a readable image"):
         load_dataset(path)
-    with pytest.raises(DataError, match="img0.jpg: corrupt or unreadable image"):
+    with pytest.raises(DataError, match=r"img0.jpg: corrupt or unreadable image"):
         read_image(tmp_path / "img0.jpg")
 
 
@@ -79,7 +79,7 @@ def test_corrupt_image_inside_the_loader_names_the_file(tmp_path):
     make_images(tmp_path, 1)
     data = DetectionSet([Record(tmp_path / "img0.jpg", 48, 64)], ["cat"])
     (tmp_path / "img0.jpg").write_bytes(b"garbage")
-    with pytest.raises(DataError, match="img0.jpg: corrupt or unreadable image"):
+    with pytest.raises(DataError, match=r"img0.jpg: corrupt or unreadable image"):
         DetectionDataset(data, Augment("none", (32, 32)))[0]
 
 
@@ -126,7 +126,7 @@ def test_coco_duplicate_ids_unknown_category_and_bad_bbox(tmp_path):
 
 def test_malformed_files(tmp_path):
     (tmp_path / "train.json").write_text("{not json")
-    with pytest.raises(DataError, match="train.json: not valid JSON"):
+    with pytest.raises(DataError, match=r"train.json: not valid JSON"):
         load_dataset(tmp_path / "train.json")
     voc = tmp_path / "voc"
     (voc / "Annotations").mkdir(parents=True)
@@ -142,7 +142,7 @@ def test_malformed_files(tmp_path):
 
 
 def test_error_message_says_what_to_do(tmp_path):
-    with pytest.raises(DataError, match="policy 'clip'.*'skip'"):
+    with pytest.raises(DataError, match=r"policy 'clip'.*'skip'"):
         load_dataset(_csv(tmp_path, ["img0.jpg,-5,1,5,5,cat"]))
 
 
@@ -161,10 +161,10 @@ def test_empty_image_through_the_whole_loader(tmp_path):
 
 
 def test_validate_rejects_unknown_policy():
-    with pytest.raises(ValueError, match="policy"):
+    with pytest.raises(ValueError, match=r"policy"):
         validate(DetectionSet([], []), "ignore")
 
 
 def test_record_checks_its_arrays(tmp_path):
-    with pytest.raises(ValueError, match="2 boxes, 1 labels"):
+    with pytest.raises(ValueError, match=r"2 boxes, 1 labels"):
         Record(tmp_path / "x.jpg", 10, 10, np.zeros((2, 4)), [0])

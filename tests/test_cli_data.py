@@ -1,0 +1,56 @@
+import json
+
+from typer.testing import CliRunner
+
+from multibox.cli import app
+
+runner = CliRunner()
+
+
+def test_synth_check_convert_show(tmp_path):
+    result = runner.invoke(
+        app, ["data", "synth", "digits", "--out", str(tmp_path / "d"), "--train", "12", "--val", "4", "--seed", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["data", "check", str(tmp_path / "d"), "--plot", str(tmp_path / "boxes.png")])
+    assert result.exit_code == 0, result.output
+    assert "[train] 12 images" in result.output and "[val] 4 images" in result.output
+    assert "0 problem(s) found" in result.output and (tmp_path / "boxes.png").stat().st_size > 1000
+    for fmt in ("coco", "yolo", "csv"):
+        result = runner.invoke(app, ["data", "convert", str(tmp_path / "d"), str(tmp_path / fmt), "--to", fmt])
+        assert result.exit_code == 0, result.output
+    assert len(json.loads((tmp_path / "coco" / "val.json").read_text())["images"]) == 4
+    result = runner.invoke(
+        app, ["data", "show", str(tmp_path / "yolo"), "--split", "val", "--n", "4", "--out", str(tmp_path / "grid.png")]
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_check_lists_problems_and_fails(tmp_path):
+    (tmp_path / "img.jpg").write_bytes(b"not an image")
+    (tmp_path / "train.csv").write_text("image_path,xmin,ymin,xmax,ymax,label\nimg.jpg,1,1,5,5,cat\n")
+    result = runner.invoke(app, ["data", "check", str(tmp_path / "train.csv")])
+    assert result.exit_code == 2 and "img.jpg: not a readable image" in result.output
+
+
+def test_check_reports_each_box_problem(tmp_path):
+    import numpy as np
+
+    from multibox.data.io import write_image
+
+    write_image(tmp_path / "a.jpg", np.zeros((20, 30, 3), np.uint8))
+    (tmp_path / "train.csv").write_text(
+        "image_path,xmin,ymin,xmax,ymax,label\na.jpg,1,1,50,5,cat\na.jpg,4,4,2,8,cat\na.jpg,1,1,3,3,cat\n"
+    )
+    result = runner.invoke(app, ["data", "check", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "train.csv line 2: box [1, 1, 50, 5] lies partly outside the 30x20 image" in result.output
+    assert "train.csv line 3: box [4, 4, 2, 8] has zero or negative width or height" in result.output
+    assert "2 problem(s) found" in result.output
+
+
+def test_convert_unknown_target_format(tmp_path):
+    runner.invoke(app, ["data", "synth", "digits", "--out", str(tmp_path / "d"), "--train", "2", "--val", "1"])
+    result = runner.invoke(app, ["data", "convert", str(tmp_path / "d"), str(tmp_path / "x"), "--to", "kitti"])
+    assert result.exit_code == 2 and "format must be one of" in result.output
