@@ -25,6 +25,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/postprocess.py
 	$(PY) bench/matching.py
+	$(PY) bench/loader.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check multibox tests bench
