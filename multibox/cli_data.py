@@ -47,7 +47,8 @@ def check(
     path: Path = typer.Argument(..., help="dataset to check"),
     fmt: str | None = typer.Option(None, "--format", help=FORMAT_HELP),
     split: str | None = typer.Option(None, help="one split (default: all)"),
-    plot: Path | None = typer.Option(None, help="PNG of box size and aspect histograms (default: none)"),
+    plot: Path | None = typer.Option(Path("box_statistics.png"), help="PNG of box size and aspect histograms"),
+    no_plot: bool = typer.Option(False, "--no-plot", help="do not write the histograms"),
     decode: bool = typer.Option(True, help="decode every image to find corrupt files"),
 ) -> None:
     """Summarise a dataset and list every problem (file, line or annotation id, box). Exit 1 if any.
@@ -71,7 +72,7 @@ def check(
         for problem in result.problems:
             typer.echo(f"  problem: {problem}")
         total += len(result.problems)
-    if plot is not None and last is not None:
+    if plot is not None and not no_plot and last is not None:
         plot_box_statistics(last, plot)
         typer.echo(f"box statistics: {plot}")
     typer.echo(f"{total} problem(s) found")
