@@ -13,6 +13,7 @@ synth_app = typer.Typer(help="Render synthetic datasets.", no_args_is_help=True)
 app.add_typer(synth_app, name="synth")
 
 FORMAT_HELP = "voc | coco | yolo | csv (default: detected from PATH)"
+IMAGES_HELP = "COCO: the folder file_name is relative to (default: the JSON file's folder)"
 
 
 def _fail(error: Exception) -> None:
@@ -27,6 +28,7 @@ def convert(
     to: str = typer.Option(..., "--to", help="voc | coco | yolo | csv"),
     fmt: str | None = typer.Option(None, "--format", help=FORMAT_HELP),
     policy: str = typer.Option("error", help="bad boxes: error | clip | skip"),
+    images: Path | None = typer.Option(None, help=IMAGES_HELP),
 ) -> None:
     """Convert every split of a dataset to another format.
 
@@ -35,7 +37,7 @@ def convert(
     from .data.loading import convert as run
 
     try:
-        reports = run(src, dst, to, fmt, policy)
+        reports = run(src, dst, to, fmt, policy, images)
     except (DataError, ValueError) as error:
         _fail(error)
     for split, report in reports.items():
@@ -50,6 +52,7 @@ def check(
     plot: Path | None = typer.Option(Path("box_statistics.png"), help="PNG of box size and aspect histograms"),
     no_plot: bool = typer.Option(False, "--no-plot", help="do not write the histograms"),
     decode: bool = typer.Option(True, help="decode every image to find corrupt files"),
+    images: Path | None = typer.Option(None, help=IMAGES_HELP),
 ) -> None:
     """Summarise a dataset and list every problem (file, line or annotation id, box). Exit 1 if any.
 
@@ -58,7 +61,7 @@ def check(
     from .data.check import check_dataset, plot_box_statistics
 
     try:
-        results, last = check_dataset(path, fmt, split, decode)
+        results, last = check_dataset(path, fmt, split, decode, images)
     except (DataError, ValueError) as error:
         _fail(error)
     total = 0
@@ -88,6 +91,7 @@ def show(
     fmt: str | None = typer.Option(None, "--format", help=FORMAT_HELP),
     split: str = typer.Option("train", help="split to show"),
     seed: int = typer.Option(0, help="which images (random sample)"),
+    images: Path | None = typer.Option(None, help=IMAGES_HELP),
 ) -> None:
     """Draw images of a dataset with their boxes and class names into one grid PNG.
 
@@ -100,7 +104,7 @@ def show(
     from .viz import draw_detections, image_grid
 
     try:
-        data, _ = load_dataset(path, split, fmt, policy="skip")
+        data, _ = load_dataset(path, split, fmt, policy="skip", image_dir=images)
         rng = np.random.default_rng(seed)
         picks = rng.choice(len(data.records), size=min(n, len(data.records)), replace=False)
         tiles = [

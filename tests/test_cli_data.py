@@ -71,3 +71,26 @@ def test_check_finds_duplicate_image_ids_and_corrupt_images(tmp_path):
     (tmp_path / "images" / "train" / "c" / "y.jpg").unlink()
     result = runner.invoke(app, ["data", "check", str(tmp_path), "--no-plot"])
     assert result.exit_code == 1 and "image id 'x' also used by" in result.output
+
+
+def test_coco_images_in_another_folder(tmp_path):
+    import numpy as np
+
+    from multibox.data.io import write_image
+
+    write_image(tmp_path / "val2017" / "a.jpg", np.zeros((20, 30, 3), np.uint8))
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "instances_val2017.json").write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": "a.jpg", "width": 30, "height": 20}],
+                "categories": [{"id": 1, "name": "cat"}],
+                "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5], "iscrowd": 0}],
+            }
+        )
+    )
+    json_path = str(tmp_path / "annotations" / "instances_val2017.json")
+    result = runner.invoke(app, ["data", "check", json_path, "--no-plot"])
+    assert result.exit_code == 1 and "a.jpg: image file not found" in result.output
+    result = runner.invoke(app, ["data", "check", json_path, "--no-plot", "--images", str(tmp_path / "val2017")])
+    assert result.exit_code == 0, result.output
