@@ -109,6 +109,8 @@ def test_bad_augment_names():
         Augment("cutmix")
     with pytest.raises(ValueError, match="resize"):
         Augment("flip", resize="crop")
+    with pytest.raises(ValueError, match="square"):
+        Augment("mosaic", (64, 96))
 
 
 def test_dataset_items_are_reproducible_and_denormalise(tmp_path):

@@ -1,0 +1,158 @@
+"""The Dataset over records, the course's single-object and multi-label views, collate and denorm."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from .io import read_image
+from .records import DetectionSet, Record
+from .transforms import Augment, build_transform, mosaic
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "DetectionDataset",
+    "LargestObjectDataset",
+    "MultiLabelDataset",
+    "denormalize",
+    "detection_collate",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class DetectionDataset(Dataset):
+    """Images and boxes of a :class:`DetectionSet`, decoded with OpenCV and augmented.
+
+    ``dataset[i]`` is ``(image, target)``: ``image`` a float tensor ``[3, H, W]`` normalised
+    with ``mean`` / ``std`` (ImageNet's by default), ``target`` a dict with ``boxes [N, 4]``
+    (xyxy pixels of the network input), ``labels [N]`` (``0..C-1``), ``image_index`` and
+    ``orig_size`` ``(height, width)`` of the file. Images without boxes give ``N = 0``.
+
+    Randomness comes from torch's generator (one draw per item), so ``torch.manual_seed`` and
+    the DataLoader's per-worker seeds make runs reproducible.
+
+    Args:
+        data: records and class names, validated (see :func:`multibox.data.load_dataset`).
+        augment: augmentation recipe and input size.
+        train: augment (True) or only resize (False).
+    """
+
+    def __init__(self, data: DetectionSet, augment: Augment = Augment(), train: bool = True,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+        self.records: list[Record] = list(data.records)
+        self.class_names = list(data.class_names)
+        self.augment = augment
+        self.train = train
+        self.transform = build_transform(augment, train)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1) * 255
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1) * 255
+        self.inv_std = 1 / self.std
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def load(self, index: int):
+        """The image (RGB uint8) and boxes of record ``index`` as stored, before any transform."""
+        record = self.records[index]
+        image = read_image(record.image_path)
+        if image.shape[:2] != (record.height, record.width):
+            # trust the pixels: boxes are relative to the image as annotated
+            scale = np.array([image.shape[1] / record.width, image.shape[0] / record.height] * 2, np.float32)
+            return image, record.boxes * scale, record.labels
+        return image, record.boxes, record.labels
+
+    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))
+        if self.train and self.augment.preset == "mosaic":
+            others = rng.integers(0, len(self), size=3)
+            sample = mosaic([self.load(i) for i in (index, *others.tolist())], self.augment.size[0], rng)
+        else:
+            sample = self.load(index)
+        image, boxes, labels = self.transform(sample, rng)
+        # channels first while still uint8 (a quarter of the bytes), then normalise in place
+        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).contiguous().float()
+        record = self.records[index]
+        return tensor.sub_(self.mean).mul_(self.inv_std), {
+            "boxes": torch.from_numpy(np.asarray(boxes, np.float32)).reshape(-1, 4),
+            "labels": torch.from_numpy(np.asarray(labels, np.int64)).reshape(-1),
+            "image_index": torch.tensor(index),
+            "orig_size": torch.tensor([record.height, record.width]),
+        }
+
+    def denormalize(self, images: Tensor) -> Tensor:
+        """Undo the normalisation: ``[..., 3, H, W]`` -> ``uint8`` in ``0..255``."""
+        return denormalize(images, self.mean / 255, self.std / 255)
+
+
+def denormalize(images: Tensor, mean: Sequence[float] | Tensor = IMAGENET_MEAN,
+                std: Sequence[float] | Tensor = IMAGENET_STD) -> Tensor:
+    """Normalised images ``[..., 3, H, W]`` back to displayable ``uint8`` in ``0..255``."""
+    mean = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(3, 1, 1)
+    std = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(3, 1, 1)
+    return (images * std + mean).mul(255).round().clamp(0, 255).to(torch.uint8)
+
+
+def detection_collate(batch: Sequence[tuple[Tensor, dict]]) -> tuple[Tensor, list[dict]]:
+    """Stack images into ``[B, 3, H, W]`` and keep targets as a list.
+
+    Images of different sizes (the ``minmax`` resize) are padded at the bottom and right with
+    zeros (the normalised mean colour), which leaves box coordinates unchanged.
+    """
+    images = [item[0] for item in batch]
+    height = max(i.shape[1] for i in images)
+    width = max(i.shape[2] for i in images)
+    stacked = images[0].new_zeros((len(images), 3, height, width))
+    for slot, image in zip(stacked, images, strict=True):
+        slot[:, : image.shape[1], : image.shape[2]] = image
+    return stacked, [item[1] for item in batch]
+
+
+class LargestObjectDataset(Dataset):
+    """The course's first task: per image, its largest box and that box's class.
+
+    ``dataset[i]`` is ``(image, {"box": [4], "label": scalar})`` after augmentation. Images
+    without boxes have no largest object: they are left out and counted in ``skipped``.
+    """
+
+    def __init__(self, base: DetectionDataset):
+        self.base = base
+        self.indices = [i for i, r in enumerate(base.records) if len(r.boxes)]
+        self.skipped = len(base) - len(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
+        for _ in range(10):  # augmentation (a crop) may remove every box; draw again
+            image, target = self.base[self.indices[index]]
+            if len(target["boxes"]):
+                break
+        else:
+            raise RuntimeError(f"image {self.base.records[self.indices[index]].image_path}: augmentation keeps "
+                               "removing every box; use a milder preset for single-object training")
+        boxes = target["boxes"]
+        largest = int(((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).argmax())
+        return image, {"box": boxes[largest], "label": target["labels"][largest]}
+
+
+class MultiLabelDataset(Dataset):
+    """The classes present in each image as a multi-hot vector ``[C]`` (float, for BCE)."""
+
+    def __init__(self, base: DetectionDataset):
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        image, target = self.base[index]
+        present = torch.zeros(len(self.base.class_names))
+        present[target["labels"]] = 1.0
+        return image, present

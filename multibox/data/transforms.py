@@ -1,0 +1,257 @@
+"""Bbox-aware augmentation and resizing.
+
+Standard operations come from albumentations (OpenCV underneath; faster here than
+``torchvision.transforms.v2``, see BENCHMARKS.md). What it lacks is written here: SSD's
+zoom-out and IoU crop, and mosaic. Every step maps ``(image uint8 [H, W, 3] RGB, boxes
+float32 [N, 4] xyxy pixels, labels int64 [N])`` to the same, and draws its randomness from a
+``numpy.random.Generator`` so that one seed reproduces a whole pipeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import albumentations as A
+import cv2
+import numpy as np
+
+__all__ = [
+    "PRESETS",
+    "RESIZE_MODES",
+    "Augment",
+    "MinMaxResize",
+    "Sample",
+    "build_transform",
+    "iou_crop",
+    "mosaic",
+    "zoom_out",
+]
+
+PRESETS = ("none", "flip", "ssd", "retina", "mosaic")
+RESIZE_MODES = ("squish", "letterbox", "minmax")
+PAD_VALUE = 114  # letterbox and mosaic fill, the grey of the YOLO family
+
+Sample = tuple[np.ndarray, np.ndarray, np.ndarray]  # image, boxes, labels
+
+
+def _bbox_params(min_visibility: float = 0.0) -> A.BboxParams:
+    return A.BboxParams(format="pascal_voc", label_fields=["labels"], min_visibility=min_visibility,
+                        min_width=1.0, min_height=1.0, clip=True, check_each_transform=False)
+
+
+class _Albumentations:
+    """An albumentations pipeline as a step, seeded from the pipeline's generator."""
+
+    def __init__(self, transforms: list, min_visibility: float = 0.0, pixels_only: bool = False):
+        self.pixels_only = pixels_only
+        params = None if pixels_only else _bbox_params(min_visibility)
+        self.compose = A.Compose(transforms, bbox_params=params) if transforms else None
+
+    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
+        if self.compose is None:
+            return sample
+        image, boxes, labels = sample
+        self.compose.set_random_seed(int(rng.integers(2**31)))
+        if self.pixels_only:
+            return self.compose(image=image)["image"], boxes, labels
+        out = self.compose(image=image, bboxes=boxes, labels=labels)
+        return (
+            out["image"],
+            np.asarray(out["bboxes"], np.float32).reshape(-1, 4),
+            np.asarray(out["labels"], np.int64).reshape(-1),
+        )
+
+
+def zoom_out(sample: Sample, rng: np.random.Generator, max_ratio: float = 4.0, p: float = 0.5) -> Sample:
+    """SSD's "expand": place the image at a random spot of a canvas up to ``max_ratio`` times larger."""
+    image, boxes, labels = sample
+    if rng.random() >= p:
+        return sample
+    h, w = image.shape[:2]
+    ratio = rng.uniform(1.0, max_ratio)
+    canvas_h, canvas_w = int(h * ratio), int(w * ratio)
+    top, left = int(rng.integers(0, canvas_h - h + 1)), int(rng.integers(0, canvas_w - w + 1))
+    canvas = np.empty((canvas_h, canvas_w, 3), np.uint8)
+    canvas[...] = image.reshape(-1, 3).mean(axis=0).astype(np.uint8)
+    canvas[top : top + h, left : left + w] = image
+    return canvas, boxes + np.array([left, top, left, top], np.float32), labels
+
+
+def _box_iou(crop: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    lt = np.maximum(crop[:2], boxes[:, :2])
+    rb = np.minimum(crop[2:], boxes[:, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
+    area = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
+    return inter / (np.prod(crop[2:] - crop[:2]) + area - inter)
+
+
+def iou_crop(
+    sample: Sample,
+    rng: np.random.Generator,
+    min_ious: Sequence[float | None] = (None, 0.1, 0.3, 0.5, 0.7, 0.9),
+    trials: int = 50,
+) -> Sample:
+    """SSD's random sample crop (Liu et al. 2016).
+
+    Pick a minimum IoU (or ``None``: no crop); try up to ``trials`` crops of 0.3..1 of each
+    side with aspect 0.5..2 whose IoU with some box reaches it; keep the boxes whose centre
+    falls in the crop, clipped to it. An image without boxes gets any such crop.
+    """
+    image, boxes, labels = sample
+    min_iou = min_ious[int(rng.integers(len(min_ious)))]
+    if min_iou is None:
+        return sample
+    h, w = image.shape[:2]
+    for _ in range(trials):
+        cw, ch = rng.uniform(0.3 * w, w), rng.uniform(0.3 * h, h)
+        if not 0.5 <= ch / cw <= 2:
+            continue
+        left, top = rng.uniform(0, w - cw), rng.uniform(0, h - ch)
+        crop = np.array([left, top, left + cw, top + ch], np.float32).round()
+        if crop[2] - crop[0] < 2 or crop[3] - crop[1] < 2:
+            continue
+        if len(boxes):
+            if _box_iou(crop, boxes).max() < min_iou:
+                continue
+            centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+            inside = (centres > crop[:2]).all(axis=1) & (centres < crop[2:]).all(axis=1)
+            if not inside.any():
+                continue
+        else:
+            inside = np.zeros(0, bool)
+        x1, y1, x2, y2 = crop.astype(int)
+        kept = np.clip(boxes[inside], crop[:2].tolist() * 2, crop[2:].tolist() * 2) - np.tile(crop[:2], 2)
+        return image[y1:y2, x1:x2], kept.astype(np.float32), labels[inside]
+    return sample
+
+
+def mosaic(samples: Sequence[Sample], size: int, rng: np.random.Generator, min_keep: float = 0.25) -> Sample:
+    """Four images into one ``size x size`` image around a random centre (the YOLOv4/v5 mosaic).
+
+    Each image is scaled so that its long side is ``size``, placed in one quadrant of a
+    ``2 size`` canvas meeting at a random centre, and the canvas is halved. Boxes are shifted
+    and clipped; remnants keeping less than ``min_keep`` of their area, or under 2 pixels
+    wide or high, are dropped.
+    """
+    if len(samples) != 4:
+        raise ValueError(f"mosaic takes 4 samples, got {len(samples)}")
+    canvas = np.full((2 * size, 2 * size, 3), PAD_VALUE, np.uint8)
+    xc, yc = (int(v) for v in rng.uniform(0.5 * size, 1.5 * size, size=2))
+    all_boxes, all_labels = [], []
+    for quadrant, (image, boxes, labels) in enumerate(samples):
+        scale = size / max(image.shape[:2])
+        h, w = max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale))
+        image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        # the image's corner that meets the centre, and the canvas window it fills
+        x0 = xc - w if quadrant in (0, 2) else xc
+        y0 = yc - h if quadrant in (0, 1) else yc
+        cx1, cy1 = max(x0, 0), max(y0, 0)
+        cx2, cy2 = min(x0 + w, 2 * size), min(y0 + h, 2 * size)
+        canvas[cy1:cy2, cx1:cx2] = image[cy1 - y0 : cy2 - y0, cx1 - x0 : cx2 - x0]
+        placed = boxes * scale + np.array([x0, y0, x0, y0], np.float32)
+        clipped = np.clip(placed, [cx1, cy1, cx1, cy1], [cx2, cy2, cx2, cy2])
+        area = np.prod(placed[:, 2:] - placed[:, :2], axis=1)
+        kept_area = np.prod(clipped[:, 2:] - clipped[:, :2], axis=1)
+        keep = (kept_area >= min_keep * area) & ((clipped[:, 2:] - clipped[:, :2]) >= 4).all(axis=1)
+        all_boxes.append(clipped[keep])
+        all_labels.append(labels[keep])
+    image = cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA)
+    boxes = np.concatenate(all_boxes).astype(np.float32) / 2
+    return image, boxes.reshape(-1, 4), np.concatenate(all_labels).astype(np.int64)
+
+
+class MinMaxResize:
+    """Scale so that the shorter side is ``min_size`` unless the longer would pass ``max_size``
+    (then the longer side is ``max_size``): torchvision's detection resize, sizes vary."""
+
+    def __init__(self, min_size: int, max_size: int):
+        self.min_size, self.max_size = min_size, max_size
+
+    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
+        image, boxes, labels = sample
+        h, w = image.shape[:2]
+        scale = min(self.min_size / min(h, w), self.max_size / max(h, w))
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        resized = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        factors = np.array([size[0] / w, size[1] / h] * 2, np.float32)
+        return resized, boxes * factors, labels
+
+
+def _resize_ops(mode: str, size: tuple[int, int]) -> list:
+    height, width = size
+    if mode == "squish":
+        return [A.Resize(height, width)]
+    if mode == "letterbox":
+        return [
+            A.LongestMaxSize(max_size=max(height, width)),
+            A.PadIfNeeded(height, width, position="center", border_mode=cv2.BORDER_CONSTANT, fill=PAD_VALUE),
+        ]
+    return []  # minmax: a step of its own
+
+
+@dataclass(frozen=True)
+class Augment:
+    """A named augmentation recipe plus a resize mode.
+
+    Attributes:
+        preset: ``none``; ``flip``; ``ssd`` (photometric distortion, zoom-out, IoU crop,
+            flip); ``retina`` (flip, scale jitter 0.75..1.25); ``mosaic`` (4 images into one,
+            then flip; the dataset supplies the 4 images).
+        size: network input ``(height, width)``.
+        resize: ``squish`` (the course's no-crop resize), ``letterbox`` (keep aspect, pad),
+            ``minmax`` (shorter side to ``min_size``, longer at most ``max_size``; sizes vary).
+        rotate: small rotations, up to 3 degrees half the time; boxes grow to the rotated corners.
+    """
+
+    preset: str = "flip"
+    size: tuple[int, int] = (512, 512)
+    resize: str = "squish"
+    rotate: bool = False
+    min_size: int | None = None
+    max_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(f"preset must be one of {PRESETS}, got {self.preset!r}")
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {self.resize!r}")
+        if self.preset == "mosaic" and self.size[0] != self.size[1]:
+            raise ValueError(f"the mosaic preset makes square images; got size {self.size}")
+
+
+def build_transform(augment: Augment, train: bool = True):
+    """The pipeline for ``augment``: a callable ``(sample, rng) -> sample``.
+
+    Evaluation pipelines (``train=False``) only resize. For the ``mosaic`` preset the
+    returned pipeline is what follows the mosaic itself (the dataset builds the mosaic).
+    """
+    resize = _resize_ops(augment.resize, augment.size)
+    minmax = [MinMaxResize(augment.min_size or min(augment.size), augment.max_size or max(augment.size))]
+    last = minmax if augment.resize == "minmax" else []
+    if not train or augment.preset == "none":
+        return _Pipeline([_Albumentations(resize), *last])
+    rotate = [A.Rotate(limit=3, p=0.5, border_mode=cv2.BORDER_CONSTANT, fill=PAD_VALUE)] if augment.rotate else []
+    flip = [A.HorizontalFlip(p=0.5)]
+    if augment.preset == "flip":
+        return _Pipeline([_Albumentations(rotate + flip + resize), *last])
+    if augment.preset == "ssd":
+        photometric = A.ColorJitter(brightness=(0.875, 1.125), contrast=(0.5, 1.5), saturation=(0.5, 1.5),
+                                    hue=(-0.05, 0.05), p=0.5)
+        return _Pipeline([_Albumentations([photometric], pixels_only=True), zoom_out, iou_crop,
+                          _Albumentations(rotate + flip + resize), *last])
+    if augment.preset == "retina":
+        jitter = A.Affine(scale=(0.75, 1.25), keep_ratio=True, border_mode=cv2.BORDER_CONSTANT, fill=PAD_VALUE, p=1.0)
+        return _Pipeline([_Albumentations(rotate + flip + resize, min_visibility=0.25), *last,
+                          _Albumentations([jitter], min_visibility=0.25)])
+    return _Pipeline([_Albumentations(rotate + flip)])  # mosaic: already at size
+
+
+class _Pipeline:
+    def __init__(self, steps: list):
+        self.steps = steps
+
+    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
+        for step in self.steps:
+            sample = step(sample, rng)
+        return sample
