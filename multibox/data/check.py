@@ -24,8 +24,13 @@ class SplitCheck:
     problems: list[Problem] = field(default_factory=list)
 
 
-def check_dataset(path: str | Path, fmt: str | None = None, split: str | None = None,
-                  decode: bool = True, image_dir: str | Path | None = None) -> tuple[list[SplitCheck], DetectionSet | None]:
+def check_dataset(
+    path: str | Path,
+    fmt: str | None = None,
+    split: str | None = None,
+    decode: bool = True,
+    image_dir: str | Path | None = None,
+) -> tuple[list[SplitCheck], DetectionSet | None]:
     """Check every split (or one): annotations, box geometry, image files.
 
     Every problem names the file, the line or annotation id, and the box. With ``decode``,
@@ -45,8 +50,9 @@ def check_dataset(path: str | Path, fmt: str | None = None, split: str | None = 
         ids: dict = {}
         for record in raw.records:  # COCO's parser reports duplicate ids itself
             if record.image_id is not None and record.image_id in ids and fmt != "coco":
-                problems.append(Problem(str(record.image_path),
-                                        f"image id {record.image_id!r} also used by {ids[record.image_id]}"))
+                problems.append(
+                    Problem(str(record.image_path), f"image id {record.image_id!r} also used by {ids[record.image_id]}")
+                )
             ids.setdefault(record.image_id, record.image_path)
         results.append(SplitCheck(name, raw.summary(), problems))
         dataset = raw

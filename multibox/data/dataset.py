@@ -40,17 +40,23 @@ class DetectionDataset(Dataset):
 
     Args:
         data: records and class names, validated (see :func:`multibox.data.load_dataset`).
-        augment: augmentation recipe and input size.
+        augment: augmentation recipe and input size (default: ``Augment()``, flip at 512x512).
         train: augment (True) or only resize (False).
     """
 
-    def __init__(self, data: DetectionSet, augment: Augment = Augment(), train: bool = True,
-                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+    def __init__(
+        self,
+        data: DetectionSet,
+        augment: Augment | None = None,
+        train: bool = True,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ):
         self.records: list[Record] = list(data.records)
         self.class_names = list(data.class_names)
-        self.augment = augment
+        self.augment = augment if augment is not None else Augment()
         self.train = train
-        self.transform = build_transform(augment, train)
+        self.transform = build_transform(self.augment, train)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1) * 255
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1) * 255
         self.inv_std = 1 / self.std
@@ -91,8 +97,9 @@ class DetectionDataset(Dataset):
         return denormalize(images, self.mean / 255, self.std / 255)
 
 
-def denormalize(images: Tensor, mean: Sequence[float] | Tensor = IMAGENET_MEAN,
-                std: Sequence[float] | Tensor = IMAGENET_STD) -> Tensor:
+def denormalize(
+    images: Tensor, mean: Sequence[float] | Tensor = IMAGENET_MEAN, std: Sequence[float] | Tensor = IMAGENET_STD
+) -> Tensor:
     """Normalised images ``[..., 3, H, W]`` back to displayable ``uint8`` in ``0..255``."""
     mean = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(3, 1, 1)
     std = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(3, 1, 1)
@@ -135,8 +142,10 @@ class LargestObjectDataset(Dataset):
             if len(target["boxes"]):
                 break
         else:
-            raise RuntimeError(f"image {self.base.records[self.indices[index]].image_path}: augmentation keeps "
-                               "removing every box; use a milder preset for single-object training")
+            raise RuntimeError(
+                f"image {self.base.records[self.indices[index]].image_path}: augmentation keeps "
+                "removing every box; use a milder preset for single-object training"
+            )
         boxes = target["boxes"]
         largest = int(((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).argmax())
         return image, {"box": boxes[largest], "label": target["labels"][largest]}

@@ -19,7 +19,7 @@ CLASS_LIST = "classes.txt"
 
 
 def detect_format(path: str | Path) -> str:
-    """The format of a dataset path: a VOC root, a COCO ``.json``, a YOLO ``.yaml`` or a ``.csv`` (or a folder of them)."""
+    """The format of a dataset path: a VOC root, a COCO ``.json``, a YOLO ``.yaml``, a ``.csv``, or a folder of one."""
     path = Path(path)
     if path.is_file():
         by_suffix = {".json": "coco", ".yaml": "yolo", ".yml": "yolo", ".csv": "csv"}

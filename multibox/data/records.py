@@ -147,8 +147,10 @@ class ValidationReport:
     skipped_images: int = 0
 
     def __str__(self) -> str:
-        lines = [f"{len(self.problems)} problem(s); {self.clipped} box(es) clipped, "
-                 f"{self.skipped_boxes} box(es) and {self.skipped_images} image(s) skipped"]
+        lines = [
+            f"{len(self.problems)} problem(s); {self.clipped} box(es) clipped, "
+            f"{self.skipped_boxes} box(es) and {self.skipped_images} image(s) skipped"
+        ]
         lines += [f"  {p}" for p in self.problems]
         return "\n".join(lines)
 

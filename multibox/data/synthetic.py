@@ -31,9 +31,23 @@ _TRAIN_SHARE = 0.8
 _INK = 0.35  # alpha above which a pixel counts as ink for the box
 # scikit-image's bundled photographs (CC0 / public domain; see skimage/data/README.txt).
 _PHOTOS = (
-    "astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "hubble_deep_field.jpg", "retina.jpg",
-    "ihc.png", "brick.png", "grass.png", "gravel.png", "camera.png", "moon.png", "coins.png", "cell.png",
-    "motorcycle_left.png", "page.png", "text.png",
+    "astronaut.png",
+    "coffee.png",
+    "chelsea.png",
+    "rocket.jpg",
+    "hubble_deep_field.jpg",
+    "retina.jpg",
+    "ihc.png",
+    "brick.png",
+    "grass.png",
+    "gravel.png",
+    "camera.png",
+    "moon.png",
+    "coins.png",
+    "cell.png",
+    "motorcycle_left.png",
+    "page.png",
+    "text.png",
 )
 
 
@@ -72,7 +86,7 @@ def _split_digits(labels: np.ndarray, split: str) -> np.ndarray:
     chosen = []
     for c in np.unique(labels):
         members = np.flatnonzero(labels == c)
-        cut = int(round(len(members) * _TRAIN_SHARE))
+        cut = round(len(members) * _TRAIN_SHARE)
         chosen.append(members[:cut] if split == "train" else members[cut:])
     return np.concatenate(chosen)
 
@@ -136,7 +150,7 @@ def render_scene(
         rows, cols = np.flatnonzero(ink.max(axis=1) > 0), np.flatnonzero(ink.max(axis=0) > 0)
         glyph = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].astype(np.float32) / 255
         height = int(np.exp(rng.uniform(np.log(config.min_height), np.log(config.max_height * size))))
-        width = max(2, int(round(height * glyph.shape[1] / glyph.shape[0] * rng.uniform(0.85, 1.15))))
+        width = max(2, round(float(height * glyph.shape[1] / glyph.shape[0] * rng.uniform(0.85, 1.15))))
         if width >= size:
             continue
         alpha = cv2.resize(glyph, (width, height), interpolation=cv2.INTER_LINEAR)

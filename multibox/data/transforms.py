@@ -36,8 +36,15 @@ Sample = tuple[np.ndarray, np.ndarray, np.ndarray]  # image, boxes, labels
 
 
 def _bbox_params(min_visibility: float = 0.0) -> A.BboxParams:
-    return A.BboxParams(format="pascal_voc", label_fields=["labels"], min_visibility=min_visibility,
-                        min_width=1.0, min_height=1.0, clip=True, check_each_transform=False)
+    return A.BboxParams(
+        format="pascal_voc",
+        label_fields=["labels"],
+        min_visibility=min_visibility,
+        min_width=1.0,
+        min_height=1.0,
+        clip=True,
+        check_each_transform=False,
+    )
 
 
 class _Albumentations:
@@ -236,14 +243,27 @@ def build_transform(augment: Augment, train: bool = True):
     if augment.preset == "flip":
         return _Pipeline([_Albumentations(rotate + flip + resize), *last])
     if augment.preset == "ssd":
-        photometric = A.ColorJitter(brightness=(0.875, 1.125), contrast=(0.5, 1.5), saturation=(0.5, 1.5),
-                                    hue=(-0.05, 0.05), p=0.5)
-        return _Pipeline([_Albumentations([photometric], pixels_only=True), zoom_out, iou_crop,
-                          _Albumentations(rotate + flip + resize), *last])
+        photometric = A.ColorJitter(
+            brightness=(0.875, 1.125), contrast=(0.5, 1.5), saturation=(0.5, 1.5), hue=(-0.05, 0.05), p=0.5
+        )
+        return _Pipeline(
+            [
+                _Albumentations([photometric], pixels_only=True),
+                zoom_out,
+                iou_crop,
+                _Albumentations(rotate + flip + resize),
+                *last,
+            ]
+        )
     if augment.preset == "retina":
         jitter = A.Affine(scale=(0.75, 1.25), keep_ratio=True, border_mode=cv2.BORDER_CONSTANT, fill=PAD_VALUE, p=1.0)
-        return _Pipeline([_Albumentations(rotate + flip + resize, min_visibility=0.25), *last,
-                          _Albumentations([jitter], min_visibility=0.25)])
+        return _Pipeline(
+            [
+                _Albumentations(rotate + flip + resize, min_visibility=0.25),
+                *last,
+                _Albumentations([jitter], min_visibility=0.25),
+            ]
+        )
     return _Pipeline([_Albumentations(rotate + flip)])  # mosaic: already at size
 
 

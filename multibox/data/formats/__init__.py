@@ -5,5 +5,14 @@ from .csv import read_csv, write_csv
 from .voc import read_voc, write_voc
 from .yolo import read_yolo, write_yolo
 
-__all__ = ["read_coco", "read_csv", "read_voc", "read_yolo", "write_coco", "write_coco_results", "write_csv",
-           "write_voc", "write_yolo"]
+__all__ = [
+    "read_coco",
+    "read_csv",
+    "read_voc",
+    "read_yolo",
+    "write_coco",
+    "write_coco_results",
+    "write_csv",
+    "write_voc",
+    "write_yolo",
+]

@@ -45,7 +45,9 @@ def read_coco(json_path: str | Path, image_dir: str | Path | None = None) -> Det
     images: dict = {}
     for image in data["images"]:
         if image["id"] in images:
-            problems.append(Problem(f"{json_path} image id {image['id']}", "duplicate image id; the later entry is skipped"))
+            problems.append(
+                Problem(f"{json_path} image id {image['id']}", "duplicate image id; the later entry is skipped")
+            )
             continue
         images[image["id"]] = {"info": image, "boxes": [], "labels": [], "crowd": [], "crowd_labels": [], "sources": []}
 
@@ -89,7 +91,9 @@ def read_coco(json_path: str | Path, image_dir: str | Path | None = None) -> Det
 
 
 def _category_ids(dataset: DetectionSet) -> list[int]:
-    return list(dataset.category_ids) if dataset.category_ids is not None else list(range(1, len(dataset.class_names) + 1))
+    return (
+        list(dataset.category_ids) if dataset.category_ids is not None else list(range(1, len(dataset.class_names) + 1))
+    )
 
 
 def _image_ids(dataset: DetectionSet) -> list[int]:
@@ -157,8 +161,9 @@ def write_coco_results(
     results = []
     for image_id, det in zip(image_ids, detections, strict=True):
         boxes = np.asarray(det.boxes, dtype=np.float64).reshape(-1, 4)
-        for (x1, y1, x2, y2), score, label in zip(boxes.tolist(), np.asarray(det.scores).tolist(),
-                                                   np.asarray(det.labels).tolist(), strict=True):
+        for (x1, y1, x2, y2), score, label in zip(
+            boxes.tolist(), np.asarray(det.scores).tolist(), np.asarray(det.labels).tolist(), strict=True
+        ):
             results.append(
                 {
                     "image_id": int(image_id),

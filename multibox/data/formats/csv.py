@@ -66,7 +66,9 @@ def read_csv(csv_path: str | Path, class_names: Sequence[str] | None = None) -> 
                 problems.append(Problem(where, f"unknown class {label!r}; known classes: {', '.join(names)}"))
         records.append(
             Record(
-                path, height, width,
+                path,
+                height,
+                width,
                 np.array([k[0] for k in known], np.float32).reshape(-1, 4),
                 np.array([index[k[1]] for k in known], np.int64),
                 image_id=path.stem,

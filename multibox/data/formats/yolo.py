@@ -77,7 +77,9 @@ def read_yolo(yaml_path: str | Path, split: str = "train") -> DetectionSet:
                 continue
             where = f"{labels_file} line {number}"
             if len(fields) != 5:
-                problems.append(Problem(where, f"expected 5 fields 'class cx cy w h', got {len(fields)}: {line.strip()!r}"))
+                problems.append(
+                    Problem(where, f"expected 5 fields 'class cx cy w h', got {len(fields)}: {line.strip()!r}")
+                )
                 continue
             try:
                 cls = int(fields[0])
@@ -86,13 +88,24 @@ def read_yolo(yaml_path: str | Path, split: str = "train") -> DetectionSet:
                 problems.append(Problem(where, f"class must be an integer and the box numbers: {line.strip()!r}"))
                 continue
             if not 0 <= cls < len(names):
-                problems.append(Problem(where, f"unknown class {cls}; the YAML names {len(names)} classes (0..{len(names) - 1})"))
+                problems.append(
+                    Problem(where, f"unknown class {cls}; the YAML names {len(names)} classes (0..{len(names) - 1})")
+                )
                 continue
             boxes.append(((cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height))
             labels.append(cls)
             sources.append(where)
-        records.append(Record(image, height, width, np.array(boxes, np.float32).reshape(-1, 4),
-                              np.array(labels, np.int64), image_id=image.stem, box_sources=sources))
+        records.append(
+            Record(
+                image,
+                height,
+                width,
+                np.array(boxes, np.float32).reshape(-1, 4),
+                np.array(labels, np.int64),
+                image_id=image.stem,
+                box_sources=sources,
+            )
+        )
     return DetectionSet(records, names, problems)
 
 
