@@ -32,16 +32,19 @@ class DetectionDataset(Dataset):
 
     ``dataset[i]`` is ``(image, target)``: ``image`` a float tensor ``[3, H, W]`` normalised
     with ``mean`` / ``std`` (ImageNet's by default), ``target`` a dict with ``boxes [N, 4]``
-    (xyxy pixels of the network input), ``labels [N]`` (``0..C-1``), ``image_index`` and
-    ``orig_size`` ``(height, width)`` of the file. Images without boxes give ``N = 0``.
+    (xyxy pixels of the network input), ``labels [N]`` (``0..C-1``), ``image_index``,
+    ``orig_size`` ``(height, width)`` of the file and ``input_size`` after resizing. Images without
+    boxes give ``N = 0``.
 
-    Randomness comes from torch's generator (one draw per item), so ``torch.manual_seed`` and
-    the DataLoader's per-worker seeds make runs reproducible.
+    Randomness: with ``seed`` set, item ``i`` of epoch ``e`` (see :meth:`set_epoch`) is augmented
+    from the generator seeded ``(seed, e, i)``, the same whatever the workers or a resume; without
+    it, from one draw of torch's generator per item.
 
     Args:
         data: records and class names, validated (see :func:`multibox.data.load_dataset`).
         augment: augmentation recipe and input size (default: ``Augment()``, flip at 512x512).
         train: augment (True) or only resize (False).
+        seed: makes augmentation a function of (seed, epoch, index).
     """
 
     def __init__(
@@ -51,6 +54,7 @@ class DetectionDataset(Dataset):
         train: bool = True,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        seed: int | None = None,
     ):
         self.records: list[Record] = list(data.records)
         self.class_names = list(data.class_names)
@@ -60,6 +64,12 @@ class DetectionDataset(Dataset):
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1) * 255
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1) * 255
         self.inv_std = 1 / self.std
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use epoch ``epoch``'s augmentations (with ``seed`` set)."""
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.records)
@@ -75,7 +85,10 @@ class DetectionDataset(Dataset):
         return image, record.boxes, record.labels
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
-        rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))
+        if self.seed is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+        else:
+            rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))
         if self.train and self.augment.preset == "mosaic":
             others = rng.integers(0, len(self), size=3)
             sample = mosaic([self.load(i) for i in (index, *others.tolist())], self.augment.size[0], rng)
@@ -90,6 +103,7 @@ class DetectionDataset(Dataset):
             "labels": torch.from_numpy(np.asarray(labels, np.int64)).reshape(-1),
             "image_index": torch.tensor(index),
             "orig_size": torch.tensor([record.height, record.width]),
+            "input_size": torch.tensor(image.shape[:2]),
         }
 
     def denormalize(self, images: Tensor) -> Tensor:

@@ -1,0 +1,190 @@
+"""Run configuration: typed dataclasses, loaded from YAML with unknown keys rejected.
+
+Each field is one constructor argument somewhere (data loading, model, training); defaults
+are defined here once. ``key=value`` overrides (``train.lr=0.02``, ``model.backbone=resnet18``)
+apply on top of a YAML file; values are parsed as YAML (``[1, 2]``, ``true``, ``1e-3``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["Config", "ConfigError", "DataConfig", "ModelConfig", "TrainConfig", "load_config"]
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that does not fit; the message suggests the right one."""
+
+
+@dataclass
+class DataConfig:
+    """Where the data is and how it is read (see :func:`multibox.data.load_dataset`)."""
+
+    path: str = "data/digits"
+    format: str | None = None
+    train_split: str = "train"
+    val_split: str = "val"
+    policy: str = "error"
+
+
+@dataclass
+class ModelConfig:
+    """A RetinaNet (see :class:`multibox.models.RetinaNet`)."""
+
+    backbone: str = "mobilenet_v2"
+    pretrained: str = "imagenet"
+    fpn_channels: int = 256
+    head_convs: int = 4
+    group_norm: bool = False
+    p6_from: str = "c5"
+    frozen_bn: bool = True
+    trainable_stages: int = 3
+    anchor_strides: tuple[int, ...] = (8, 16, 32, 64, 128)
+    anchor_sizes: tuple[float, ...] = (32, 64, 128, 256, 512)
+    anchor_scales: tuple[float, ...] = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
+    anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+
+
+@dataclass
+class TrainConfig:
+    """The schedule, augmentation, loss and evaluation settings of a run."""
+
+    image_size: tuple[int, int] = (512, 512)
+    augment: str = "flip"
+    resize: str = "squish"
+    rotate: bool = False
+    epochs: int = 12
+    batch_size: int = 8
+    workers: int = 0
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"
+    warmup_steps: int = 100
+    milestones: tuple[float, ...] = (0.67, 0.89)
+    clip_grad: float = 10.0
+    max_bad_steps: int = 5
+    box_loss: str = "l1"
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    pos_iou: float = 0.5
+    neg_iou: float = 0.4
+    score_thresh: float = 0.05
+    topk: int = 1000
+    nms_iou: float = 0.5
+    max_det: int = 100
+    eval_every: int = 1
+    checkpoint_every: int = 0
+    seed: int = 0
+    deterministic: bool = False
+    max_steps: int = 0
+
+
+@dataclass
+class Config:
+    """A whole run: data, model, training, and the folder its outputs go to."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: str = "runs/exp"
+
+    def to_dict(self) -> dict:
+        """Plain types only (lists for tuples), fit for YAML and for ``torch.load(weights_only=True)``."""
+        return _plain(asdict(self))
+
+    def save(self, path: str | Path) -> None:
+        """Write the resolved configuration as YAML (atomically)."""
+        from .data.io import atomic_write_text
+
+        atomic_write_text(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _section_types() -> dict[str, type]:
+    return {f.name: f.default_factory for f in fields(Config) if f.default_factory is not dataclasses.MISSING}
+
+
+def _check_key(key: str, known: list[str], where: str) -> None:
+    if key not in known:
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(known)}"
+        raise ConfigError(f"unknown key '{key}' in {where}{hint}")
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    """``value`` in the type of the field's default, or a ConfigError naming the field."""
+    if isinstance(default, tuple):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        return tuple(value)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, int | float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        if isinstance(default, int):
+            if not float(value).is_integer():
+                raise ConfigError(f"{where} must be a whole number, got {value!r}")
+            return int(value)
+        return float(value)
+    return None if value is None else str(value)
+
+
+def _apply(config: Config, data: dict, where: str) -> None:
+    sections = _section_types()
+    for key, value in data.items():
+        _check_key(key, [*sections, "output"], where)
+        if key == "output":
+            config.output = str(value)
+            continue
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{key}' in {where} must be a mapping of settings")
+        section = getattr(config, key)
+        names = [f.name for f in fields(section)]
+        for name, item in value.items():
+            _check_key(name, names, f"{where} section '{key}'")
+            setattr(section, name, _coerce(item, getattr(section, name), f"{key}.{name}"))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """The defaults, updated by the YAML file at ``path`` and then by ``key=value`` overrides."""
+    config = Config()
+    if path is not None:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: configuration file not found") from None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML ({error})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a configuration is a mapping of sections (data, model, train, output)")
+        _apply(config, data, str(path))
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep:
+            raise ConfigError(f"override '{override}' must look like section.key=value, e.g. train.lr=0.02")
+        value = yaml.safe_load(raw)
+        parts = key.strip().split(".")
+        nested: dict = {parts[-1]: value}
+        for part in reversed(parts[:-1]):
+            nested = {part: nested}
+        _apply(config, nested, f"override '{override}'")
+    return config

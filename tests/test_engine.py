@@ -1,0 +1,109 @@
+import pytest
+import torch
+
+import multibox.engine.train as engine
+from multibox.config import ConfigError, load_config
+from multibox.data.synthetic import SceneConfig, synthesize_digits
+from multibox.engine.checkpoint import load_checkpoint, save_checkpoint
+from multibox.engine.train import train
+
+TINY = [
+    "model.backbone=resnet18",
+    "model.pretrained=none",
+    "model.fpn_channels=16",
+    "model.head_convs=1",
+    "model.anchor_sizes=[12, 24, 48, 96, 192]",
+    "train.image_size=[64, 64]",
+    "train.batch_size=4",
+    "train.warmup_steps=2",
+    "train.workers=0",
+]
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    root = tmp_path_factory.mktemp("digits")
+    synthesize_digits(root, train=16, val=4, seed=0, config=SceneConfig(size=64, max_digits=3, min_height=8))
+    return root
+
+
+def _config(digits, output, *extra):
+    return load_config(None, [f"data.path={digits}", f"output={output}", *TINY, *extra])
+
+
+def test_config_rejects_unknown_keys_with_a_suggestion(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key 'epoch'.*did you mean 'epochs'"):
+        load_config(None, ["train.epoch=3"])
+    (tmp_path / "c.yaml").write_text("trian:\n  lr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'trian'.*did you mean 'train'"):
+        load_config(tmp_path / "c.yaml")
+    with pytest.raises(ConfigError, match=r"train.epochs must be a whole number"):
+        load_config(None, ["train.epochs=1.5"])
+    with pytest.raises(ConfigError, match=r"section.key=value"):
+        load_config(None, ["train.lr"])
+
+
+def test_config_yaml_overrides_and_round_trip(tmp_path):
+    (tmp_path / "c.yaml").write_text("model:\n  backbone: resnet18\ntrain:\n  image_size: [320, 256]\n  lr: 1\n")
+    config = load_config(tmp_path / "c.yaml", ["train.lr=0.02", "model.anchor_sizes=[8, 16, 32, 64, 128]"])
+    assert config.model.backbone == "resnet18" and config.train.image_size == (320, 256)
+    assert config.train.lr == 0.02 and config.model.anchor_sizes == (8, 16, 32, 64, 128)
+    config.save(tmp_path / "resolved.yaml")
+    assert load_config(tmp_path / "resolved.yaml") == config
+
+
+class Payload:
+    """An arbitrary object: unpickling it would run code, so weights_only loading refuses it."""
+
+
+def test_checkpoint_is_atomic_and_weights_only(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"step": 1, "w": torch.ones(2)})
+    with pytest.raises(Exception):  # noqa: B017 - any serialisation error
+        save_checkpoint(path, {"step": 2, "bad": lambda: 0})
+    assert load_checkpoint(path)["step"] == 1  # the previous checkpoint is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+    torch.save({"obj": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(RuntimeError, match=r"not a readable multibox checkpoint"):
+        load_checkpoint(tmp_path / "evil.pt")
+    with pytest.raises(FileNotFoundError, match=r"checkpoint not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_training_writes_its_outputs(digits, tmp_path):
+    metrics = train(_config(digits, tmp_path, "train.epochs=2"), progress=False)
+    for name in ("config.yaml", "last.pt", "best.pt", "train_log.csv", "val_log.csv", "losses.png"):
+        assert (tmp_path / name).is_file(), name
+    saved = load_checkpoint(tmp_path / "last.pt")
+    assert saved["step"] == 8 and saved["epoch"] == 2 and saved["class_names"] == [str(d) for d in range(10)]
+    assert set(metrics) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    assert load_config(tmp_path / "config.yaml").train.epochs == 2
+
+
+def test_resume_gives_the_same_weights_as_a_straight_run(digits, tmp_path):
+    straight = tmp_path / "straight"
+    train(_config(digits, straight, "train.epochs=2", "train.deterministic=true"), progress=False)
+    split = tmp_path / "split"
+    train(_config(digits, split, "train.epochs=2", "train.deterministic=true", "train.max_steps=3"), progress=False)
+    assert load_checkpoint(split / "last.pt")["step"] == 3  # stopped mid-epoch
+    train(
+        _config(digits, split, "train.epochs=2", "train.deterministic=true"), resume=split / "last.pt", progress=False
+    )
+    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(split / "last.pt")
+    assert a["step"] == b["step"] == 8
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+
+
+def test_non_finite_losses_stop_with_a_clear_message(digits, tmp_path, monkeypatch):
+    original = engine.RetinaNetCriterion.__call__
+
+    def poisoned(self, outputs, anchors, targets):
+        losses = original(self, outputs, anchors, targets)
+        return {k: v * float("nan") for k, v in losses.items()}
+
+    monkeypatch.setattr(engine.RetinaNetCriterion, "__call__", poisoned)
+    with pytest.raises(FloatingPointError, match=r"not finite for 3 steps in a row.*lower train.lr"):
+        train(_config(digits, tmp_path, "train.epochs=2", "train.max_bad_steps=2"), progress=False)
+    assert load_checkpoint(tmp_path / "last.pt")["bad_steps"] == 3
