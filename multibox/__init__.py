@@ -6,3 +6,10 @@ The detection math lives in small modules of pure tensor functions:
 """
 
 __version__ = "0.1.0"
+
+
+def load(checkpoint, device=None):
+    """A Predictor from a training checkpoint: ``multibox.load("best.pt").predict("image.jpg")``."""
+    from .predictor import load as _load
+
+    return _load(checkpoint, device)

@@ -17,9 +17,13 @@ app = typer.Typer(
 
 
 def _add_subcommands() -> None:
+    from . import cli_run
     from .cli_data import app as data_app
 
     app.add_typer(data_app, name="data")
+    app.command(name="train")(cli_run.train)
+    app.command(name="eval")(cli_run.evaluate)
+    app.command(name="predict")(cli_run.predict)
 
 
 def _version(value: bool) -> None:

@@ -107,3 +107,53 @@ def test_non_finite_losses_stop_with_a_clear_message(digits, tmp_path, monkeypat
     with pytest.raises(FloatingPointError, match=r"not finite for 3 steps in a row.*lower train.lr"):
         train(_config(digits, tmp_path, "train.epochs=2", "train.max_bad_steps=2"), progress=False)
     assert load_checkpoint(tmp_path / "last.pt")["bad_steps"] == 3
+
+
+def test_predictor_cli_eval_and_predict(digits, tmp_path):
+    import json
+
+    import numpy as np
+    from typer.testing import CliRunner
+
+    import multibox
+    from multibox.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            f"data.path={digits}",
+            f"output={tmp_path / 'run'}",
+            *TINY,
+            "train.epochs=1",
+            "train.score_thresh=0.0",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    weights = tmp_path / "run" / "best.pt"
+    predictor = multibox.load(weights)
+    image = next((digits / "JPEGImages").glob("val_*.jpg"))
+    det = predictor.predict(image, conf=0.0)
+    assert len(det) == 100 and det.names == [str(d) for d in range(10)]
+    assert (det.boxes[:, 2] <= 64).all() and (det.boxes[:, :2] >= 0).all()  # original pixels (64x64 scenes)
+    batch = predictor.predict([image, np.zeros((30, 40, 3), np.uint8)], conf=0.0)
+    assert len(batch) == 2 and (batch[1].boxes[:, 2] <= 40).all() and (batch[1].boxes[:, 3] <= 30).all()
+    with pytest.raises(ValueError, match="RGB uint8"):
+        predictor.predict(np.zeros((5, 5), np.float32))
+
+    result = runner.invoke(app, ["eval", "--weights", str(weights), "--data", str(digits), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(metrics) >= {"AP", "AP50", "AP75", "APs", "APm", "APl", "per_class_AP"}
+    predictions = json.loads((tmp_path / "predictions.json").read_text())
+    assert predictions and set(predictions[0]) == {"image_id", "category_id", "bbox", "score"}
+
+    result = runner.invoke(
+        app, ["predict", "--weights", str(weights), str(image), "--out", str(tmp_path / "p"), "--conf", "0.0"]
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "p" / image.name).is_file() and json.loads((tmp_path / "p" / "predictions.json").read_text())
+
+    result = runner.invoke(app, ["train", "train.lrate=1"])
+    assert result.exit_code == 2 and "unknown key 'lrate'" in result.output

@@ -1,0 +1,135 @@
+"""``multibox train | eval | predict``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from .config import ConfigError
+from .data.records import DataError
+
+
+def _fail(error: Exception) -> None:
+    typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def train(
+    overrides: list[str] = typer.Argument(None, help="section.key=value overrides, e.g. train.lr=0.02"),
+    config: Path | None = typer.Option(None, "--config", help="YAML recipe (see configs/)"),
+    resume: Path | None = typer.Option(None, help="continue from a last.pt"),
+) -> None:
+    """Train a detector; outputs (checkpoints, logs, plots, resolved config) go to `output`.
+
+    Example: multibox train --config configs/retinanet_r50_fpn.yaml data.path=data/voc train.epochs=12
+    """
+    from .config import load_config
+    from .engine.train import train as run
+
+    try:
+        metrics = run(load_config(config, overrides or []), resume=resume)
+    except (ConfigError, DataError, ValueError, FloatingPointError, RuntimeError) as error:
+        _fail(error)
+    if metrics:
+        typer.echo("final: " + "  ".join(f"{k} {metrics[k]:.4f}" for k in ("AP", "AP50", "AP75")))
+
+
+def evaluate(
+    weights: Path = typer.Option(..., help="checkpoint (best.pt / last.pt)"),
+    data: Path = typer.Option(..., help="dataset (any format)"),
+    split: str = typer.Option("val", help="split to evaluate"),
+    out: Path | None = typer.Option(
+        None, help="folder for metrics.json and predictions.json (default: beside weights)"
+    ),
+) -> None:
+    """COCO AP of a checkpoint on a dataset split: a table, metrics.json and the COCO results file.
+
+    Example: multibox eval --weights runs/demo/best.pt --data data/digits --split val
+    """
+    from .data import load_dataset
+    from .data.formats import write_coco_results
+    from .data.io import atomic_write_text
+    from .engine.train import evaluate as run
+    from .predictor import load
+
+    try:
+        predictor = load(weights, device="cpu")
+        dataset, _ = load_dataset(data, split, class_names=predictor.class_names)
+        metrics, detections = run(predictor.model, dataset, predictor.config)
+    except (DataError, ValueError, RuntimeError, FileNotFoundError) as error:
+        _fail(error)
+    out = out or weights.parent
+    per_class = metrics.pop("per_class")
+    atomic_write_text(
+        out / "metrics.json",
+        json.dumps({**metrics, "per_class_AP": dict(zip(predictor.class_names, per_class, strict=True))}, indent=2),
+    )
+    ids = [r.image_id if isinstance(r.image_id, int) else i + 1 for i, r in enumerate(dataset.records)]
+    write_coco_results(out / "predictions.json", ids, detections, list(range(1, len(predictor.class_names) + 1)))
+    typer.echo("  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    for name, ap in zip(predictor.class_names, per_class, strict=True):
+        typer.echo(f"  {name:<16} AP {ap:.4f}")
+    typer.echo(f"written: {out / 'metrics.json'}, {out / 'predictions.json'}")
+
+
+def predict(
+    sources: list[str] = typer.Argument(..., help="images, folders or globs"),
+    weights: Path = typer.Option(..., help="checkpoint"),
+    out: Path = typer.Option(Path("runs/predict"), help="folder for annotated images and predictions.json"),
+    conf: float = typer.Option(0.3, help="score threshold"),
+    iou: float = typer.Option(0.5, help="NMS IoU threshold"),
+) -> None:
+    """Detect objects in images; writes annotated copies and a COCO results JSON (boxes in original pixels).
+
+    Example: multibox predict --weights runs/demo/best.pt data/digits/JPEGImages/val_0000*.jpg --out preds
+    """
+    import glob
+
+    import cv2
+
+    from .data.io import IMAGE_SUFFIXES, atomic_write_bytes, atomic_write_text, read_image
+    from .predictor import load
+    from .viz import draw_detections
+
+    paths: list[Path] = []
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            paths += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            paths.append(path)
+        else:
+            paths += sorted(Path(p) for p in glob.glob(source))
+    if not paths:
+        _fail(FileNotFoundError(f"no images found in {sources}"))
+    try:
+        predictor = load(weights)
+        results, images = [], []
+        for index, path in enumerate(paths, start=1):
+            pixels = read_image(path)
+            det = predictor.predict(pixels, conf=conf, iou=iou)
+            drawn = draw_detections(pixels, det.boxes.numpy(), det.labels.numpy(), det.names, det.scores.numpy())
+            atomic_write_bytes(
+                out / path.name,
+                cv2.imencode(path.suffix or ".jpg", cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))[1].tobytes(),
+            )
+            images.append({"id": index, "file_name": str(path), "height": pixels.shape[0], "width": pixels.shape[1]})
+            for (x1, y1, x2, y2), score, label in zip(
+                det.boxes.tolist(), det.scores.tolist(), det.labels.tolist(), strict=True
+            ):
+                results.append(
+                    {
+                        "image_id": index,
+                        "category_id": label + 1,
+                        "category": det.names[label],
+                        "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                        "score": round(score, 4),
+                    }
+                )
+    except (DataError, ValueError, RuntimeError) as error:
+        _fail(error)
+    atomic_write_text(out / "predictions.json", json.dumps(results))
+    atomic_write_text(out / "images.json", json.dumps(images))
+    typer.echo(f"{len(paths)} images, {len(results)} detections: {out}")

@@ -1,0 +1,101 @@
+"""``multibox.load(checkpoint).predict(image)``: a trained detector as one object."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .coding import DeltaCoder
+from .config import Config, _apply, load_config
+from .data.dataset import DetectionDataset
+from .data.io import read_image
+from .data.records import DetectionSet
+from .data.transforms import Augment
+from .engine.checkpoint import load_checkpoint
+from .engine.train import _to_original, build_model
+from .models import RetinaNet
+from .postprocess import postprocess
+from .structures import Detections
+
+__all__ = ["Predictor", "load"]
+
+ImageLike = str | Path | np.ndarray
+
+
+class Predictor:
+    """A trained model with its class names and the settings it was trained with.
+
+    Args:
+        model: the network.
+        config: the run's configuration (input size, resize mode, post-processing).
+        class_names: names of classes ``0..C-1``.
+        device: where to run.
+    """
+
+    def __init__(self, model: RetinaNet, config: Config, class_names: Sequence[str], device: str | None = None):
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.to(self.device).eval()
+        self.config = config
+        self.class_names = list(class_names)
+        t = config.train
+        self._dataset = DetectionDataset(
+            DetectionSet([], self.class_names), Augment("none", tuple(t.image_size), t.resize), train=False
+        )
+
+    @torch.no_grad()
+    def predict(
+        self,
+        source: ImageLike | Sequence[ImageLike],
+        conf: float | None = None,
+        iou: float | None = None,
+        max_det: int | None = None,
+    ) -> Detections | list[Detections]:
+        """Detect objects in one image (a path or an RGB ``uint8 [H, W, 3]`` array) or a list of them.
+
+        Returns :class:`Detections` with boxes in pixels of each original image, scores, labels
+        and ``names``; a list for a list input.
+        """
+        single = isinstance(source, str | Path | np.ndarray)
+        images = [source] if single else list(source)
+        t = self.config.train
+        results = []
+        for image in images:
+            pixels = read_image(Path(image)) if isinstance(image, str | Path) else np.asarray(image)
+            if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
+                raise ValueError(f"an image array must be RGB uint8 [H, W, 3], got {pixels.dtype} {pixels.shape}")
+            height, width = pixels.shape[:2]
+            sample = self._dataset.transform(
+                (pixels, np.zeros((0, 4), np.float32), np.zeros(0, np.int64)), np.random.default_rng(0)
+            )
+            tensor = torch.from_numpy(np.ascontiguousarray(sample[0])).permute(2, 0, 1).contiguous().float()
+            tensor = tensor.sub_(self._dataset.mean).mul_(self._dataset.inv_std)[None].to(self.device)
+            size = tuple(tensor.shape[-2:])
+            output = self.model(tensor)
+            (det,) = postprocess(
+                *output,
+                self.model.anchors(size).to(self.device),
+                [size],
+                coder=DeltaCoder(),
+                level_sizes=self.model.level_sizes(size),
+                score_thresh=t.score_thresh if conf is None else conf,
+                topk=t.topk,
+                nms_iou=t.nms_iou if iou is None else iou,
+                max_det=t.max_det if max_det is None else max_det,
+            )
+            det.boxes = _to_original(det.boxes, (height, width), size, t.resize)
+            det.names = self.class_names
+            results.append(det.to("cpu"))
+        return results[0] if single else results
+
+
+def load(checkpoint: str | Path, device: str | None = None) -> Predictor:
+    """A :class:`Predictor` from a training checkpoint (``best.pt`` or ``last.pt``); never runs code from it."""
+    saved = load_checkpoint(checkpoint)
+    config = load_config(None)
+    _apply(config, saved["config"], f"{checkpoint} (its configuration)")
+    model = build_model(config.model, len(saved["class_names"]), pretrained="none")
+    model.load_state_dict(saved["model"])
+    return Predictor(model, config, saved["class_names"], device)
