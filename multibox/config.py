@@ -42,6 +42,7 @@ class ModelConfig:
     fpn_channels: int = 256
     head_convs: int = 4
     group_norm: bool = False
+    separable_head: bool = False
     p6_from: str = "c5"
     frozen_bn: bool = True
     trainable_stages: int = 3

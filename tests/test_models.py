@@ -96,3 +96,24 @@ def test_bad_backbone_options():
         build_backbone("vgg16")
     with pytest.raises(ValueError, match="pretrained"):
         build_backbone("resnet18", pretrained="coco")
+
+
+def test_three_level_pyramid_with_a_separable_head():
+    anchors = AnchorConfig(strides=(8, 16, 32), sizes=(16, 48, 128))
+    model = RetinaNet(
+        4,
+        backbone="mobilenet_v2",
+        pretrained="none",
+        fpn_channels=32,
+        head_convs=2,
+        anchors=anchors,
+        separable_head=True,
+    ).eval()
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, 96, 128))
+    assert out.cls_logits.shape == (1, len(model.anchors((96, 128))), 4)
+    assert model.level_sizes((96, 128)) == [12 * 16 * 9, 6 * 8 * 9, 3 * 4 * 9]
+    depthwise = [m for m in model.head.modules() if isinstance(m, torch.nn.Conv2d) and m.groups == 32]
+    assert len(depthwise) == 4  # two per subnet
+    with pytest.raises(ValueError, match="five strides and sizes"):
+        RetinaNet(4, pretrained="none", anchors=AnchorConfig(strides=(8, 16), sizes=(16, 32)))

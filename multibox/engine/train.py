@@ -47,6 +47,7 @@ def build_model(config: ModelConfig, num_classes: int, pretrained: str | None = 
         config.p6_from,
         config.frozen_bn,
         config.trainable_stages,
+        config.separable_head,
     )
 
 

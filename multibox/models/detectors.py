@@ -48,6 +48,9 @@ class RetinaNet(nn.Module):
         anchors: anchor sizes and shapes.
         p6_from: ``"c5"`` (the paper) or ``"p5"`` (torchvision's ``retinanet_resnet50_fpn``).
         frozen_bn, trainable_stages: backbone options.
+        separable_head: depthwise-separable tower convs in the head (for CPUs).
+
+    The number of anchor strides picks the pyramid: five (P3-P7) or three (P3-P5).
     """
 
     def __init__(
@@ -62,15 +65,18 @@ class RetinaNet(nn.Module):
         p6_from: str = "c5",
         frozen_bn: bool = True,
         trainable_stages: int = 3,
+        separable_head: bool = False,
     ):
         super().__init__()
-        if len(anchors.strides) != 5 or len(anchors.sizes) != 5:
-            raise ValueError("RetinaNet has five pyramid levels (P3-P7): give five strides and five sizes")
+        levels = len(anchors.strides)
+        if levels not in (3, 5) or len(anchors.sizes) != levels:
+            raise ValueError("anchors need five strides and sizes (P3-P7) or three (P3-P5), one size per stride")
         body = build_backbone(backbone, pretrained, frozen_bn, trainable_stages)
-        self.backbone = FeatureExtractor(
-            body.body, retinanet_fpn(body.out_channels, fpn_channels, p6_from), fpn_channels
+        fpn = retinanet_fpn(body.out_channels, fpn_channels, p6_from, levels)
+        self.backbone = FeatureExtractor(body.body, fpn, fpn_channels)
+        self.head = RetinaNetHead(
+            fpn_channels, anchors.per_location, num_classes, head_convs, group_norm, separable=separable_head
         )
-        self.head = RetinaNetHead(fpn_channels, anchors.per_location, num_classes, head_convs, group_norm)
         self.num_classes = num_classes
         self.anchor_config = anchors
 

@@ -12,9 +12,20 @@ from torchvision.ops.misc import Conv2dNormActivation
 __all__ = ["RetinaNetHead"]
 
 
-def _subnet(channels: int, num_convs: int, group_norm: bool) -> nn.Sequential:
-    norm = partial(nn.GroupNorm, 32) if group_norm else None
-    convs = [Conv2dNormActivation(channels, channels, norm_layer=norm) for _ in range(num_convs)]
+def _separable(channels: int, norm) -> nn.Sequential:
+    """Depthwise 3x3 then pointwise 1x1 (+ norm) + ReLU: about 1/9 of a 3x3 conv's work."""
+    return nn.Sequential(
+        nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False),
+        Conv2dNormActivation(channels, channels, kernel_size=1, norm_layer=norm),
+    )
+
+
+def _subnet(channels: int, num_convs: int, group_norm: bool, separable: bool = False) -> nn.Sequential:
+    norm = partial(nn.GroupNorm, min(32, channels)) if group_norm else None
+    if separable:
+        convs = [_separable(channels, norm) for _ in range(num_convs)]
+    else:
+        convs = [Conv2dNormActivation(channels, channels, norm_layer=norm) for _ in range(num_convs)]
     for layer in nn.Sequential(*convs).modules():
         if isinstance(layer, nn.Conv2d):
             nn.init.normal_(layer.weight, std=0.01)
@@ -25,10 +36,17 @@ def _subnet(channels: int, num_convs: int, group_norm: bool) -> nn.Sequential:
 
 class _Branch(nn.Module):
     def __init__(
-        self, channels: int, outputs_per_anchor: int, num_anchors: int, num_convs: int, group_norm: bool, out_name: str
+        self,
+        channels: int,
+        outputs_per_anchor: int,
+        num_anchors: int,
+        num_convs: int,
+        group_norm: bool,
+        out_name: str,
+        separable: bool = False,
     ):
         super().__init__()
-        self.conv = _subnet(channels, num_convs, group_norm)
+        self.conv = _subnet(channels, num_convs, group_norm, separable)
         self.out_name = out_name
         setattr(self, out_name, nn.Conv2d(channels, num_anchors * outputs_per_anchor, 3, padding=1))
         nn.init.normal_(self.out.weight, std=0.01)
@@ -56,6 +74,7 @@ class RetinaNetHead(nn.Module):
     """Two subnets of ``num_convs`` 3x3 conv + ReLU (optionally GroupNorm), not shared between
     the tasks, shared across levels; final convs ``A * K`` and ``A * 4``.
 
+    ``separable=True`` makes each tower conv depthwise 3x3 + pointwise 1x1, for CPUs.
     Weights are drawn from N(0, 0.01); the class bias is ``-log((1 - prior) / prior)``, so that
     every anchor starts at probability ``prior`` (Lin et al. 2017). Module names follow
     torchvision's ``RetinaNetHead``.
@@ -69,11 +88,14 @@ class RetinaNetHead(nn.Module):
         num_convs: int = 4,
         group_norm: bool = False,
         prior: float = 0.01,
+        separable: bool = False,
     ):
         super().__init__()
-        self.classification_head = _Branch(in_channels, num_classes, num_anchors, num_convs, group_norm, "cls_logits")
+        self.classification_head = _Branch(
+            in_channels, num_classes, num_anchors, num_convs, group_norm, "cls_logits", separable
+        )
         nn.init.constant_(self.classification_head.out.bias, -math.log((1 - prior) / prior))
-        self.regression_head = _Branch(in_channels, 4, num_anchors, num_convs, group_norm, "bbox_reg")
+        self.regression_head = _Branch(in_channels, 4, num_anchors, num_convs, group_norm, "bbox_reg", separable)
         nn.init.zeros_(self.regression_head.out.bias)
 
     def forward(self, features: list[Tensor]) -> tuple[Tensor, Tensor]:
