@@ -6,9 +6,10 @@ from pathlib import Path
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_readme_python_blocks_run():
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
-    assert blocks, "README has no python example"
+def test_readme_detection_math_example_runs():
+    section = README.read_text().split("## The detection math", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert blocks, "README's detection math section has no python example"
     for block in blocks:
         namespace: dict = {}
         exec(compile(block, str(README), "exec"), namespace)
