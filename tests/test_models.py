@@ -117,3 +117,18 @@ def test_three_level_pyramid_with_a_separable_head():
     assert len(depthwise) == 4  # two per subnet
     with pytest.raises(ValueError, match="five strides and sizes"):
         RetinaNet(4, pretrained="none", anchors=AnchorConfig(strides=(8, 16), sizes=(16, 32)))
+
+
+def test_separable_head_keeps_the_signal():
+    model = RetinaNet(
+        4,
+        backbone="resnet18",
+        pretrained="none",
+        fpn_channels=64,
+        head_convs=2,
+        anchors=AnchorConfig(strides=(8, 16, 32), sizes=(16, 48, 128)),
+        separable_head=True,
+    ).eval()
+    features = [torch.randn(1, 64, 8, 8)]
+    tower = model.head.classification_head.conv(features[0])
+    assert 0.1 < float(tower.std()) < 10  # not shrunk to nothing by the initialisation

@@ -28,7 +28,12 @@ def _subnet(channels: int, num_convs: int, group_norm: bool, separable: bool = F
         convs = [Conv2dNormActivation(channels, channels, norm_layer=norm) for _ in range(num_convs)]
     for layer in nn.Sequential(*convs).modules():
         if isinstance(layer, nn.Conv2d):
-            nn.init.normal_(layer.weight, std=0.01)
+            if separable:
+                # N(0, 0.01) suits 3x3x256 convs (fan-in 2304); on a depthwise 3x3 (fan-in 9) or a small
+                # pointwise conv it would shrink the features a hundredfold per layer: use He init.
+                nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+            else:
+                nn.init.normal_(layer.weight, std=0.01)
             if layer.bias is not None:
                 nn.init.zeros_(layer.bias)
     return nn.Sequential(*convs)
