@@ -19,6 +19,7 @@ __all__ = [
     "atomic_write_text",
     "copy_image",
     "image_size",
+    "read_document",
     "read_image",
     "write_image",
 ]
@@ -45,6 +46,23 @@ def read_image(path: Path) -> np.ndarray:
         what = "image file not found" if not Path(path).is_file() else "corrupt or unreadable image"
         raise DataError(f"{path}: {what}; replace or remove the file (`multibox data check` lists such files)")
     return cv2.cvtColor(data, cv2.COLOR_BGR2RGB)
+
+
+def read_document(path: Path, kind: str) -> object:
+    """Parse a JSON (``.json``) or YAML file; a :class:`DataError` naming the file if it is missing or malformed."""
+    import json
+
+    import yaml
+
+    path = Path(path)
+    is_json = path.suffix.lower() == ".json"
+    try:
+        text = path.read_text()
+        return json.loads(text) if is_json else yaml.safe_load(text)
+    except FileNotFoundError:
+        raise DataError(f"{path}: {kind} not found") from None
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise DataError(f"{path}: not valid {'JSON' if is_json else 'YAML'} ({error})") from None
 
 
 def _atomic_write(path: Path, write) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import atomic_write_text, copy_image
+from ..io import atomic_write_text, copy_image, read_document
 from ..records import DataError, DetectionSet, Problem, Record
 
 __all__ = ["read_coco", "write_coco", "write_coco_results"]
@@ -27,12 +27,9 @@ def read_coco(json_path: str | Path, image_dir: str | Path | None = None) -> Det
         image_dir: folder that ``file_name`` is relative to; default: the JSON file's folder.
     """
     json_path = Path(json_path)
-    try:
-        data = json.loads(json_path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{json_path}: annotation file not found") from None
-    except json.JSONDecodeError as error:
-        raise DataError(f"{json_path}: not valid JSON ({error})") from None
+    data = read_document(json_path, "annotation file")
+    if not isinstance(data, dict):
+        raise DataError(f"{json_path}: a COCO file is an object with 'images', 'annotations' and 'categories'")
     for key in ("images", "categories"):
         if not isinstance(data.get(key), list):
             raise DataError(f"{json_path}: a COCO file needs a '{key}' list")

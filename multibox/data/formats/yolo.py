@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ..io import IMAGE_SUFFIXES, atomic_write_text, copy_image, image_size
+from ..io import IMAGE_SUFFIXES, atomic_write_text, copy_image, image_size, read_document
 from ..records import DataError, DetectionSet, Problem, Record
 
 __all__ = ["label_path", "read_yolo", "write_yolo"]
@@ -31,12 +31,7 @@ def label_path(image_path: Path) -> Path:
 
 
 def _load_yaml(yaml_path: Path) -> dict:
-    try:
-        spec = yaml.safe_load(yaml_path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{yaml_path}: dataset YAML not found") from None
-    except yaml.YAMLError as error:
-        raise DataError(f"{yaml_path}: not valid YAML ({error})") from None
+    spec = read_document(yaml_path, "dataset YAML")
     if not isinstance(spec, dict) or "names" not in spec:
         raise DataError(f"{yaml_path}: a YOLO dataset YAML needs 'names' (and 'path', 'train', 'val')")
     return spec
