@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -19,6 +20,7 @@ __all__ = [
     "box_area",
     "box_convert",
     "box_iou",
+    "box_iou_numpy",
     "check_boxes",
     "clip_boxes",
     "complete_box_iou",
@@ -205,3 +207,15 @@ def complete_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     ``boxes2`` plays the ground truth in the aspect term; the term is symmetric anyway.
     """
     return _pairwise(boxes1, boxes2, "ciou")
+
+
+def box_iou_numpy(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one xyxy box ``[4]`` with each of ``boxes [N, 4]`` -> ``[N]``, in NumPy (data and VOC code).
+
+    0 between two degenerate boxes, as :func:`box_iou`.
+    """
+    lt = np.maximum(box[:2], boxes[:, :2])
+    rb = np.minimum(box[2:], boxes[:, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
+    union = np.prod(box[2:] - box[:2]) + np.prod(boxes[:, 2:] - boxes[:, :2], axis=1) - inter
+    return inter / np.maximum(union, np.finfo(np.float64).tiny)

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["Config", "ConfigError", "DataConfig", "ModelConfig", "TrainConfig", "load_config"]
+__all__ = ["Config", "ConfigError", "DataConfig", "ModelConfig", "TrainConfig", "config_from_dict", "load_config"]
 
 
 class ConfigError(ValueError):
@@ -162,6 +162,13 @@ def _apply(config: Config, data: dict, where: str) -> None:
         for name, item in value.items():
             _check_key(name, names, f"{where} section '{key}'")
             setattr(section, name, _coerce(item, getattr(section, name), f"{key}.{name}"))
+
+
+def config_from_dict(data: dict, where: str = "a configuration") -> Config:
+    """The defaults updated by a nested dict (``Config.to_dict()``'s shape), with the same key checks as YAML."""
+    config = Config()
+    _apply(config, data, where)
+    return config
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

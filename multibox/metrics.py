@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from .boxes import box_iou_numpy
+
 __all__ = ["COCO_KEYS", "coco_map", "voc_ap", "voc_map"]
 
 COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -143,14 +145,6 @@ def voc_ap(recall: np.ndarray, precision: np.ndarray, method: str = "area") -> f
     return float(np.sum((r[steps + 1] - r[steps]) * p[steps + 1]))
 
 
-def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    lt = np.maximum(box[:2], boxes[:, :2])
-    rb = np.minimum(box[2:], boxes[:, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
-    union = np.prod(box[2:] - box[:2]) + np.prod(boxes[:, 2:] - boxes[:, :2], axis=1) - inter
-    return inter / np.maximum(union, np.finfo(np.float64).tiny)
-
-
 def voc_map(
     detections: Sequence, targets: Sequence, iou: float = 0.5, method: str = "voc07", num_classes: int | None = None
 ) -> dict:
@@ -198,7 +192,7 @@ def voc_map(
             if len(candidates) == 0:
                 fp[n] = 1
                 continue
-            overlaps = _iou(box, candidates)
+            overlaps = box_iou_numpy(box, candidates)
             best = int(overlaps.argmax())
             if overlaps[best] > iou:
                 if gt_difficult[i][mine][best]:

@@ -9,13 +9,13 @@ import numpy as np
 import torch
 
 from .coding import DeltaCoder
-from .config import Config, _apply, load_config
+from .config import Config, config_from_dict
 from .data.dataset import DetectionDataset
 from .data.io import read_image
 from .data.records import DetectionSet
-from .data.transforms import Augment
+from .data.transforms import Augment, boxes_to_original
 from .engine.checkpoint import load_checkpoint
-from .engine.train import _to_original, build_model
+from .engine.train import build_model
 from .models import RetinaNet
 from .postprocess import postprocess
 from .structures import Detections
@@ -85,7 +85,7 @@ class Predictor:
                 nms_iou=t.nms_iou if iou is None else iou,
                 max_det=t.max_det if max_det is None else max_det,
             )
-            det.boxes = _to_original(det.boxes, (height, width), size, t.resize)
+            det.boxes = boxes_to_original(det.boxes, (height, width), size, t.resize)
             det.names = self.class_names
             results.append(det.to("cpu"))
         return results[0] if single else results
@@ -94,8 +94,7 @@ class Predictor:
 def load(checkpoint: str | Path, device: str | None = None) -> Predictor:
     """A :class:`Predictor` from a training checkpoint (``best.pt`` or ``last.pt``); never runs code from it."""
     saved = load_checkpoint(checkpoint)
-    config = load_config(None)
-    _apply(config, saved["config"], f"{checkpoint} (its configuration)")
+    config = config_from_dict(saved["config"], f"{checkpoint} (its configuration)")
     model = build_model(config.model, len(saved["class_names"]), pretrained="none")
     model.load_state_dict(saved["model"])
     return Predictor(model, config, saved["class_names"], device)

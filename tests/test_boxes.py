@@ -9,6 +9,7 @@ from multibox.boxes import (
     box_area,
     box_convert,
     box_iou,
+    box_iou_numpy,
     check_boxes,
     clip_boxes,
     complete_box_iou,
@@ -117,3 +118,12 @@ def test_iou_family_gradients_are_finite():
         fn(a, b).sum().backward()
         assert torch.isfinite(a.grad).all()
         a.grad = None
+
+
+def test_numpy_one_against_many_equals_box_iou():
+    a, b = random_boxes(1), random_boxes(9)
+    b[0] = a[0]
+    expected = box_iou(a, b)[0].double().numpy()
+    assert abs(box_iou_numpy(a[0].double().numpy(), b.double().numpy()) - expected).max() < 1e-6
+    point = torch.tensor([2.0, 2.0, 2.0, 2.0]).numpy()
+    assert box_iou_numpy(point, point[None]).tolist() == [0.0]

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .formats import read_coco, read_csv, read_voc, read_yolo, write_coco, write_csv, write_voc, write_yolo
-from .formats.yolo import _load_yaml
+from .formats.yolo import read_dataset_yaml
 from .io import atomic_write_text
 from .records import DataError, DetectionSet, ValidationReport, validate
 
@@ -53,7 +53,7 @@ def splits(path: str | Path, fmt: str | None = None) -> list[str]:
     if fmt == "voc":
         return sorted(p.stem for p in (path / "ImageSets" / "Main").glob("*.txt")) or ["all"]
     if fmt == "yolo":
-        spec = _load_yaml(path if path.is_file() else path / "data.yaml")
+        spec = read_dataset_yaml(path if path.is_file() else path / "data.yaml")
         return [k for k in ("train", "val", "test") if spec.get(k)]
     suffix = ".json" if fmt == "coco" else ".csv"
     return [path.stem] if path.is_file() else sorted(p.stem for p in path.glob(f"*{suffix}"))

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 import albumentations as A
 import cv2
 import numpy as np
+import torch
+
+from ..boxes import box_iou_numpy
 
 __all__ = [
     "PRESETS",
@@ -22,6 +25,7 @@ __all__ = [
     "Augment",
     "MinMaxResize",
     "Sample",
+    "boxes_to_original",
     "build_transform",
     "iou_crop",
     "mosaic",
@@ -85,14 +89,6 @@ def zoom_out(sample: Sample, rng: np.random.Generator, max_ratio: float = 4.0, p
     return canvas, boxes + np.array([left, top, left, top], np.float32), labels
 
 
-def _box_iou(crop: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    lt = np.maximum(crop[:2], boxes[:, :2])
-    rb = np.minimum(crop[2:], boxes[:, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
-    area = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
-    return inter / (np.prod(crop[2:] - crop[:2]) + area - inter)
-
-
 def iou_crop(
     sample: Sample,
     rng: np.random.Generator,
@@ -119,7 +115,7 @@ def iou_crop(
         if crop[2] - crop[0] < 2 or crop[3] - crop[1] < 2:
             continue
         if len(boxes):
-            if _box_iou(crop, boxes).max() < min_iou:
+            if box_iou_numpy(crop, boxes).max() < min_iou:
                 continue
             centres = (boxes[:, :2] + boxes[:, 2:]) / 2
             inside = (centres > crop[:2]).all(axis=1) & (centres < crop[2:]).all(axis=1)
@@ -275,3 +271,16 @@ class _Pipeline:
         for step in self.steps:
             sample = step(sample, rng)
         return sample
+
+
+def boxes_to_original(boxes: torch.Tensor, orig_size, input_size, resize: str) -> torch.Tensor:
+    """xyxy boxes ``[N, 4]`` in network-input pixels -> pixels of the original image, undoing ``resize``
+    (``squish`` and ``minmax``: per-axis scale; ``letterbox``: padding, then scale), clipped to the image."""
+    (h0, w0), (h1, w1) = (int(v) for v in orig_size), (int(v) for v in input_size)
+    if resize == "letterbox":
+        scale = min(h1 / h0, w1 / w0)
+        pad_x, pad_y = (w1 - round(w0 * scale)) // 2, (h1 - round(h0 * scale)) // 2
+        boxes = (boxes - boxes.new_tensor([pad_x, pad_y, pad_x, pad_y])) / scale
+    else:
+        boxes = boxes * boxes.new_tensor([w0 / w1, h0 / h1, w0 / w1, h0 / h1])
+    return boxes.clamp(min=0).minimum(boxes.new_tensor([w0, h0, w0, h0]))

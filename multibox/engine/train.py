@@ -24,7 +24,7 @@ from ..config import Config, ModelConfig
 from ..criterion import RetinaNetCriterion
 from ..data import DetectionSet, load_dataset
 from ..data.dataset import DetectionDataset, detection_collate
-from ..data.transforms import Augment
+from ..data.transforms import Augment, boxes_to_original
 from ..metrics import coco_map
 from ..models import AnchorConfig, RetinaNet
 from ..postprocess import postprocess
@@ -101,18 +101,6 @@ def _optimizer(config, model: torch.nn.Module) -> torch.optim.Optimizer:
     raise ValueError(f"train.optimizer must be sgd or adamw, got {config.optimizer!r}")
 
 
-def _to_original(boxes: torch.Tensor, orig_size, input_size, resize: str) -> torch.Tensor:
-    """Boxes in network-input pixels -> pixels of the original image."""
-    (h0, w0), (h1, w1) = (int(v) for v in orig_size), (int(v) for v in input_size)
-    if resize == "letterbox":
-        scale = min(h1 / h0, w1 / w0)
-        pad_x, pad_y = (w1 - round(w0 * scale)) // 2, (h1 - round(h0 * scale)) // 2
-        boxes = (boxes - boxes.new_tensor([pad_x, pad_y, pad_x, pad_y])) / scale
-    else:
-        boxes = boxes * boxes.new_tensor([w0 / w1, h0 / h1, w0 / w1, h0 / h1])
-    return boxes.clamp(min=0).minimum(boxes.new_tensor([w0, h0, w0, h0]))
-
-
 @torch.no_grad()
 def evaluate(model: RetinaNet, data: DetectionSet, config: Config, batch_size: int | None = None) -> tuple[dict, list]:
     """COCO metrics of ``model`` on ``data`` (boxes mapped back to the original images) and the detections."""
@@ -141,7 +129,7 @@ def evaluate(model: RetinaNet, data: DetectionSet, config: Config, batch_size: i
             max_det=t.max_det,
         )
         for det, target in zip(found, targets, strict=True):
-            det.boxes = _to_original(det.boxes, target["orig_size"], target["input_size"], t.resize)
+            det.boxes = boxes_to_original(det.boxes, target["orig_size"], target["input_size"], t.resize)
             detections.append(det)
     truth = [
         {"boxes": r.boxes, "labels": r.labels, "ignore_boxes": r.ignore_boxes, "ignore_labels": r.ignore_labels}

@@ -17,7 +17,7 @@ import yaml
 from ..io import IMAGE_SUFFIXES, atomic_write_text, copy_image, image_size, read_document
 from ..records import DataError, DetectionSet, Problem, Record
 
-__all__ = ["label_path", "read_yolo", "write_yolo"]
+__all__ = ["label_path", "read_dataset_yaml", "read_yolo", "write_yolo"]
 
 
 def label_path(image_path: Path) -> Path:
@@ -30,7 +30,8 @@ def label_path(image_path: Path) -> Path:
     return Path(*parts).with_suffix(".txt")
 
 
-def _load_yaml(yaml_path: Path) -> dict:
+def read_dataset_yaml(yaml_path: Path) -> dict:
+    """The dataset YAML as a dict; a :class:`DataError` naming the file if it is missing, malformed or has no names."""
     spec = read_document(yaml_path, "dataset YAML")
     if not isinstance(spec, dict) or "names" not in spec:
         raise DataError(f"{yaml_path}: a YOLO dataset YAML needs 'names' (and 'path', 'train', 'val')")
@@ -49,7 +50,7 @@ def _names(spec: dict, yaml_path: Path) -> list[str]:
 def read_yolo(yaml_path: str | Path, split: str = "train") -> DetectionSet:
     """Read one split of a YOLO dataset described by its YAML file."""
     yaml_path = Path(yaml_path)
-    spec = _load_yaml(yaml_path)
+    spec = read_dataset_yaml(yaml_path)
     names = _names(spec, yaml_path)
     root = Path(spec.get("path") or ".")
     root = root if root.is_absolute() else (yaml_path.parent / root)
