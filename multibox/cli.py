@@ -22,6 +22,7 @@ def _add_subcommands() -> None:
 
     app.add_typer(data_app, name="data")
     app.command(name="train")(cli_run.train)
+    app.command(name="lr-find")(cli_run.lr_find)
     app.command(name="eval")(cli_run.evaluate)
     app.command(name="predict")(cli_run.predict)
 

@@ -1,4 +1,4 @@
-"""``multibox train | eval | predict``."""
+"""``multibox train | lr-find | eval | predict``."""
 
 from __future__ import annotations
 
@@ -36,6 +36,33 @@ def train(
         typer.echo("final: " + "  ".join(f"{k} {metrics[k]:.4f}" for k in ("AP", "AP50", "AP75")))
 
 
+def lr_find(
+    overrides: list[str] = typer.Argument(None, help="section.key=value overrides, e.g. train.batch_size=8"),
+    config: Path | None = typer.Option(None, "--config", help="YAML recipe or preset name"),
+    out: Path | None = typer.Option(None, help="folder for lr_find.png and lr_find.csv (default: the run's output)"),
+    start: float = typer.Option(1e-7, help="first learning rate"),
+    end: float = typer.Option(10.0, help="last learning rate"),
+    steps: int = typer.Option(100, help="most batches in the sweep"),
+) -> None:
+    """Learning-rate finder: exponential sweep, smoothed loss, stop on divergence; a plot and a suggestion.
+
+    Example: multibox lr-find --config configs/cpu_digits.yaml --steps 60
+    """
+    from .config import load_config
+    from .engine.lr_find import lr_find as run
+
+    try:
+        resolved = load_config(config, overrides or [])
+        result = run(resolved, out, start, end, steps)
+    except (ConfigError, DataError, ValueError, FloatingPointError, RuntimeError) as error:
+        _fail(error)
+    folder = out or Path(resolved.output)
+    stopped = "diverged" if result.diverged else "reached the end"
+    typer.echo(f"{len(result.lrs)} steps ({stopped}); lowest loss at lr {result.minimum:.2e}")
+    typer.echo(f"suggested lr: {result.suggestion:.2e}  (set train.lr={result.suggestion:.2g})")
+    typer.echo(f"written: {folder / 'lr_find.png'}, {folder / 'lr_find.csv'}")
+
+
 def evaluate(
     weights: Path = typer.Option(..., help="checkpoint (best.pt / last.pt)"),
     data: Path = typer.Option(..., help="dataset (any format)"),
@@ -53,15 +80,17 @@ def evaluate(
     from .data.io import atomic_write_text
     from .engine.train import evaluate as run
     from .predictor import load
+    from .viz import plot_pr_curves
 
     try:
-        predictor = load(weights, device="cpu")
+        predictor = load(weights)
         dataset, _ = load_dataset(data, split, class_names=predictor.class_names)
         metrics, detections = run(predictor.model, dataset, predictor.config)
     except (DataError, ValueError, RuntimeError, FileNotFoundError) as error:
         _fail(error)
     out = out or weights.parent
     per_class = metrics.pop("per_class")
+    plot_pr_curves(metrics.pop("pr50"), predictor.class_names, out / "pr_curves.png", f"{data} ({split})")
     atomic_write_text(
         out / "metrics.json",
         json.dumps({**metrics, "per_class_AP": dict(zip(predictor.class_names, per_class, strict=True))}, indent=2),
@@ -71,7 +100,7 @@ def evaluate(
     typer.echo("  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     for name, ap in zip(predictor.class_names, per_class, strict=True):
         typer.echo(f"  {name:<16} AP {ap:.4f}")
-    typer.echo(f"written: {out / 'metrics.json'}, {out / 'predictions.json'}")
+    typer.echo(f"written: {out / 'metrics.json'}, {out / 'predictions.json'}, {out / 'pr_curves.png'}")
 
 
 def predict(

@@ -92,7 +92,9 @@ def coco_map(detections: Sequence, targets: Sequence, num_classes: int | None = 
             ``ignore_labels``; areas for the size ranges are box areas.
         num_classes: number of classes (default: the largest label seen, plus one).
         per_class: also return ``"per_class"``: AP (IoU 0.5:0.95) of each class, NaN where a
-            class has no ground truth.
+            class has no ground truth; and ``"pr50"``: per class, COCO's interpolated precision
+            at the 101 recall points 0, 0.01, ..., 1 at IoU 0.5 (``-1`` where a class has no
+            ground truth), the precision-recall curves of :func:`multibox.viz.plot_pr_curves`.
 
     Returns:
         ``{"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm",
@@ -106,7 +108,10 @@ def coco_map(detections: Sequence, targets: Sequence, num_classes: int | None = 
     results = coco_results(detections)
     if not ground_truth["annotations"]:
         empty = {k: -1.0 for k in COCO_KEYS}
-        return {**empty, "per_class": [float("nan")] * len(ground_truth["categories"])} if per_class else empty
+        if not per_class:
+            return empty
+        classes = len(ground_truth["categories"])
+        return {**empty, "per_class": [float("nan")] * classes, "pr50": [[-1.0] * 101 for _ in range(classes)]}
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(ground_truth)
         dt = gt.loadRes(results) if results else COCO({**ground_truth, "annotations": []})
@@ -123,6 +128,7 @@ def coco_map(detections: Sequence, targets: Sequence, num_classes: int | None = 
             values = values[values > -1]
             per.append(float(values.mean()) if values.size else float("nan"))
         out["per_class"] = per
+        out["pr50"] = precision[0, :, :, 0, -1].T.tolist()  # IoU 0.5, all areas, 100 detections
     return out
 
 

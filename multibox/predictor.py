@@ -37,8 +37,9 @@ class Predictor:
 
     def __init__(self, model: RetinaNet, config: Config, class_names: Sequence[str], device: str | None = None):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = model.to(self.device).eval()
         self.config = config
+        self.memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
+        self.model = model.to(self.device, memory_format=self.memory_format).eval()
         self.class_names = list(class_names)
         t = config.train
         self._dataset = DetectionDataset(
@@ -73,7 +74,7 @@ class Predictor:
             tensor = torch.from_numpy(np.ascontiguousarray(sample[0])).permute(2, 0, 1).contiguous().float()
             tensor = tensor.sub_(self._dataset.mean).mul_(self._dataset.inv_std)[None].to(self.device)
             size = tuple(tensor.shape[-2:])
-            output = self.model(tensor)
+            output = self.model(tensor.contiguous(memory_format=self.memory_format))
             (det,) = postprocess(
                 *output,
                 self.model.anchors(size).to(self.device),
@@ -96,5 +97,5 @@ def load(checkpoint: str | Path, device: str | None = None) -> Predictor:
     saved = load_checkpoint(checkpoint)
     config = config_from_dict(saved["config"], f"{checkpoint} (its configuration)")
     model = build_model(config.model, len(saved["class_names"]), pretrained="none")
-    model.load_state_dict(saved["model"])
+    model.load_state_dict(saved["ema"]["module"] if saved.get("ema") else saved["model"])  # averaged weights first
     return Predictor(model, config, saved["class_names"], device)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import colorsys
+import io
 from collections.abc import Sequence
+from pathlib import Path
 
 import cv2
 import numpy as np
 
-__all__ = ["class_colour", "draw_detections", "image_grid"]
+__all__ = ["class_colour", "draw_detections", "image_grid", "plot_pr_curves"]
 
 
 def class_colour(label: int) -> tuple[int, int, int]:
@@ -63,3 +65,34 @@ def image_grid(images: Sequence[np.ndarray], columns: int | None = None, pad: in
         y, x = pad + r * (height + pad), pad + c * (width + pad)
         grid[y : y + height, x : x + width] = image
     return grid
+
+
+def plot_pr_curves(pr50: Sequence[Sequence[float]], class_names: Sequence[str], path, title: str = "") -> None:
+    """Per-class precision-recall curves at IoU 0.5 (``coco_map(..., per_class=True)["pr50"]``) as a PNG.
+
+    One line per class with ground truth, labelled with its AP50 (the curve's mean); classes
+    without ground truth (all ``-1``) are left out.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .data.io import atomic_write_bytes
+
+    recall = np.linspace(0, 1, 101)
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for label, (name, precision) in enumerate(zip(class_names, pr50, strict=True)):
+        precision = np.asarray(precision, np.float64)
+        if (precision < 0).all():
+            continue
+        colour = np.array(class_colour(label)) / 255
+        ax.plot(recall, np.clip(precision, 0, 1), color=colour, linewidth=1.2, label=f"{name} ({precision.mean():.3f})")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title or "precision-recall, IoU 0.5")
+    ax.grid(alpha=0.3)
+    ax.legend(title="class (AP50)", fontsize="small", loc="lower left", ncol=2 if len(class_names) > 8 else 1)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(Path(path), buffer.getvalue())

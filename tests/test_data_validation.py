@@ -35,6 +35,15 @@ def test_box_outside_the_image_error_clip_skip(tmp_path):
     assert [len(r.boxes) for r in data.records] == [1, 0] and report.skipped_boxes == 2
 
 
+def test_rounding_past_an_edge_is_snapped_not_reported(tmp_path):
+    path = _csv(tmp_path, ["img0.jpg,-0.004,0,64.003,48.0,cat", "img1.jpg,-0.5,1,5,5,dog"])
+    with pytest.raises(DataError, match=r"line 3: box \[-0.5, 1, 5, 5\] lies partly outside") as error:
+        load_dataset(path)
+    assert "line 2" not in str(error.value)  # 0.004 px past the edge is float rounding (YOLO: 6 decimals)
+    data, report = load_dataset(path, policy="clip")
+    assert data.records[0].boxes.tolist() == [[0, 0, 64, 48]] and report.clipped == 1
+
+
 @pytest.mark.parametrize(
     "row,message",
     [

@@ -9,7 +9,8 @@ from multibox.models.backbones import offline_mobilenet_v2_weights
 from multibox.postprocess import postprocess
 
 
-def test_torchvision_retinanet_weights_give_the_same_detections():
+@pytest.mark.parametrize("frozen_bn", [False, True])  # True: FrozenBN folded into the convs, same keys
+def test_torchvision_retinanet_weights_give_the_same_detections(frozen_bn):
     torch.manual_seed(0)
     theirs = torchvision.models.detection.retinanet_resnet50_fpn(
         weights=None,
@@ -23,7 +24,7 @@ def test_torchvision_retinanet_weights_give_the_same_detections():
     with torch.no_grad():  # random weights that give detections above the score threshold
         theirs.head.classification_head.cls_logits.bias.normal_(0, 2)
         theirs.head.regression_head.bbox_reg.weight.mul_(30)
-    ours = RetinaNet(5, backbone="resnet50", pretrained="none", p6_from="p5", frozen_bn=False).eval()
+    ours = RetinaNet(5, backbone="resnet50", pretrained="none", p6_from="p5", frozen_bn=frozen_bn).eval()
     ours.load_state_dict(theirs.state_dict())  # same module names: loads strictly, unchanged
     images = torch.randn(2, 3, 256, 256)
     with torch.no_grad():
@@ -47,6 +48,32 @@ def test_torchvision_retinanet_weights_give_the_same_detections():
             rtol=1e-4,
             atol=1e-3,
         )
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+def test_folded_frozen_batchnorm_keeps_outputs_keys_and_gradients(name):
+    torch.manual_seed(0)
+    plain = build_backbone(name, pretrained="none", frozen_bn=False, trainable_stages=1)
+    with torch.no_grad():  # BN statistics and affine maps far from the identity
+        for module in plain.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0, 0.2)
+    folded = build_backbone(name, pretrained="none", frozen_bn=True, trainable_stages=1)
+    assert folded.state_dict().keys() == {k for k in plain.state_dict() if not k.endswith("num_batches_tracked")}
+    folded.load_state_dict(plain.state_dict())
+    assert any(type(m).__name__ == "_ConvFrozenBN" for m in folded.modules())
+    images = torch.randn(2, 3, 96, 128)
+    expected = plain.eval()(images)
+    found = folded(images)
+    for key in expected:
+        torch.testing.assert_close(found[key], expected[key], rtol=1e-4, atol=1e-4)
+    found["2"].square().mean().backward()
+    trained = [p for p in folded.parameters() if p.requires_grad]
+    assert trained and all(p.grad is not None and p.grad.abs().sum() > 0 for p in trained)
+    assert all(p.grad is None for p in folded.parameters() if not p.requires_grad)
 
 
 @pytest.mark.parametrize("name,channels", [("resnet18", [128, 256, 512]), ("mobilenet_v2", [32, 96, 1280])])

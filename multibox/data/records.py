@@ -179,6 +179,22 @@ def box_problems(record: Record) -> list[tuple[int, Problem]]:
     return found
 
 
+# Boxes past an image edge by less than this (pixels) are rounding, not annotation errors:
+# YOLO's six-decimal normalised coordinates alone are off by up to 0.5e-6 of the image side.
+EDGE_TOLERANCE = 0.01
+
+
+def _snap_to_edges(record: Record) -> Record:
+    """``record`` with coordinates within :data:`EDGE_TOLERANCE` outside the image moved onto its edge."""
+    boxes = record.boxes
+    limit = np.array([record.width, record.height] * 2, np.float32)
+    with np.errstate(invalid="ignore"):
+        near = ((boxes < 0) & (boxes > -EDGE_TOLERANCE)) | ((boxes > limit) & (boxes < limit + EDGE_TOLERANCE))
+    if not near.any():
+        return record
+    return replace(record, boxes=np.where(near, np.clip(boxes, 0, limit), boxes).astype(np.float32))
+
+
 def validate(
     dataset: DetectionSet, policy: str = "error", *, check_files: bool = True
 ) -> tuple[DetectionSet, ValidationReport]:
@@ -199,6 +215,7 @@ def validate(
             report.problems.append(Problem(str(record.image_path), "image file not found"))
             report.skipped_images += 1
             continue
+        record = _snap_to_edges(record)
         found = box_problems(record)
         report.problems += [p for _, p in found]
         if found and policy != "error":

@@ -205,6 +205,8 @@ class Augment:
         resize: ``squish`` (the course's no-crop resize), ``letterbox`` (keep aspect, pad),
             ``minmax`` (shorter side to ``min_size``, longer at most ``max_size``; sizes vary).
         rotate: small rotations, up to 3 degrees half the time; boxes grow to the rotated corners.
+        hflip: probability of a horizontal flip in every preset but ``none`` (0 for text and
+            digits, whose mirror images are not in the data).
     """
 
     preset: str = "flip"
@@ -213,8 +215,11 @@ class Augment:
     rotate: bool = False
     min_size: int | None = None
     max_size: int | None = None
+    hflip: float = 0.5
 
     def __post_init__(self) -> None:
+        if not 0 <= self.hflip <= 1:
+            raise ValueError(f"hflip is a probability in [0, 1], got {self.hflip}")
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {PRESETS}, got {self.preset!r}")
         if self.resize not in RESIZE_MODES:
@@ -235,7 +240,7 @@ def build_transform(augment: Augment, train: bool = True):
     if not train or augment.preset == "none":
         return _Pipeline([_Albumentations(resize), *last])
     rotate = [A.Rotate(limit=3, p=0.5, border_mode=cv2.BORDER_CONSTANT, fill=PAD_VALUE)] if augment.rotate else []
-    flip = [A.HorizontalFlip(p=0.5)]
+    flip = [A.HorizontalFlip(p=augment.hflip)] if augment.hflip > 0 else []
     if augment.preset == "flip":
         return _Pipeline([_Albumentations(rotate + flip + resize), *last])
     if augment.preset == "ssd":

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, Sampler
 
 from ..coding import DeltaCoder
@@ -28,9 +29,11 @@ from ..data.transforms import Augment, boxes_to_original
 from ..metrics import coco_map
 from ..models import AnchorConfig, RetinaNet
 from ..postprocess import postprocess
+from ..viz import plot_pr_curves
 from .checkpoint import load_checkpoint, save_checkpoint
+from .ema import ModelEMA
 
-__all__ = ["build_model", "evaluate", "train"]
+__all__ = ["Trainer", "build_model", "evaluate", "resolve_device", "train"]
 
 
 def build_model(config: ModelConfig, num_classes: int, pretrained: str | None = None) -> RetinaNet:
@@ -112,14 +115,17 @@ def evaluate(model: RetinaNet, data: DetectionSet, config: Config, batch_size: i
         num_workers=t.workers,
         collate_fn=detection_collate,
     )
+    was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
+    memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
     detections = []
     for images, targets in loader:
         size = tuple(images.shape[-2:])
-        output = model(images)
+        output = model(images.to(device).contiguous(memory_format=memory_format))
         found = postprocess(
             *output,
-            model.anchors(size),
+            model.anchors(size).to(device),
             [size] * len(images),
             coder=DeltaCoder(),
             level_sizes=model.level_sizes(size),
@@ -129,8 +135,10 @@ def evaluate(model: RetinaNet, data: DetectionSet, config: Config, batch_size: i
             max_det=t.max_det,
         )
         for det, target in zip(found, targets, strict=True):
+            det = det.to("cpu")
             det.boxes = boxes_to_original(det.boxes, target["orig_size"], target["input_size"], t.resize)
             detections.append(det)
+    model.train(was_training)
     truth = [
         {"boxes": r.boxes, "labels": r.labels, "ignore_boxes": r.ignore_boxes, "ignore_labels": r.ignore_labels}
         for r in data.records
@@ -165,14 +173,28 @@ class _Logs:
         self.tensorboard.close()
 
 
-def train(config: Config, resume: str | Path | None = None, progress: bool = True) -> dict:
-    """Train a RetinaNet as ``config`` says; returns the last evaluation's metrics (or {})."""
-    t = config.train
-    output = Path(config.output)
-    output.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(t.seed)
-    if t.deterministic:
-        torch.use_deterministic_algorithms(True)
+def resolve_device(name: str = "auto") -> torch.device:
+    """``"auto"``: the GPU where there is one, else the CPU; otherwise a torch device string."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device is {name!r} but no CUDA device is available; use 'auto' or 'cpu'")
+    return device
+
+
+def _precision(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``train.amp`` (``auto``: bf16 or fp16 on CUDA, none on CPU), or None."""
+    if amp not in ("auto", "on", "off"):
+        raise ValueError(f"train.amp must be auto, on or off, got {amp!r}")
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16  # CPU autocast: worth it only with AMX / AVX-512 BF16, hence opt-in
+
+
+def _load_splits(config: Config, output: Path | None = None) -> tuple[DetectionSet, DetectionSet | None]:
     train_data, report = load_dataset(config.data.path, config.data.train_split, config.data.format, config.data.policy)
     val_data = None
     if config.data.val_split:
@@ -183,36 +205,122 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
             config.data.policy,
             class_names=train_data.class_names,
         )
-    if report.problems:  # what the policy clipped or skipped is reported, never dropped silently
+    if report.problems and output is not None:  # what the policy clipped or skipped is reported
         (output / "data_report.txt").write_text(str(report) + "\n")
         print(f"training data: {str(report).splitlines()[0]} (details in {output / 'data_report.txt'})")
     if not train_data.records:
         raise ValueError(f"{config.data.path}: the '{config.data.train_split}' split has no images")
-    config.save(output / "config.yaml")
+    return train_data, val_data
 
-    model = build_model(config.model, len(train_data.class_names))
-    size = tuple(t.image_size)
-    anchors = model.anchors(size)
-    criterion = RetinaNetCriterion(
-        pos_iou=t.pos_iou, neg_iou=t.neg_iou, alpha=t.focal_alpha, gamma=t.focal_gamma, box_loss=t.box_loss
-    )
-    dataset = DetectionDataset(train_data, Augment(t.augment, size, t.resize, t.rotate), seed=t.seed)
-    sampler = EpochSampler(len(dataset), t.seed)
-    steps_per_epoch = len(dataset) // t.batch_size
+
+class Trainer:
+    """The pieces of a run that training and the learning-rate finder share.
+
+    ``Trainer(config)`` reads the data, builds the model (on ``train.device``, channels-last
+    if asked), the criterion, the training dataset, the optimizer and the autocast settings;
+    :meth:`loader` iterates batches and :meth:`step` runs one optimisation step.
+    """
+
+    def __init__(self, config: Config, output: Path | None = None):
+        t = config.train
+        self.config = config
+        self.train_data, self.val_data = _load_splits(config, output)
+        self.device = resolve_device(t.device)
+        self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
+        self.amp_dtype = _precision(t.amp, self.device)
+        torch.manual_seed(t.seed)
+        model = build_model(config.model, len(self.train_data.class_names))
+        self.model = model.to(self.device, memory_format=self.memory_format)  # NHWC: faster convs (oneDNN, cuDNN)
+        self.size = tuple(t.image_size)
+        self._anchors: dict[tuple[int, int], Tensor] = {}  # per batch size (minmax resizing varies it)
+        self.criterion = RetinaNetCriterion(
+            pos_iou=t.pos_iou, neg_iou=t.neg_iou, alpha=t.focal_alpha, gamma=t.focal_gamma, box_loss=t.box_loss
+        )
+        augment = Augment(t.augment, self.size, t.resize, t.rotate, hflip=t.hflip)
+        self.dataset = DetectionDataset(self.train_data, augment, seed=t.seed)
+        self.sampler = EpochSampler(len(self.dataset), t.seed)
+        self.optimizer = _optimizer(t, self.model)
+        fp16 = self.amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
+
+    def loader(self, epoch: int, start_batch: int = 0) -> DataLoader:
+        """Epoch ``epoch``'s batches from batch ``start_batch`` on (order and augmentation seeded)."""
+        t = self.config.train
+        self.dataset.set_epoch(epoch)
+        self.sampler.set_position(epoch, start_batch * t.batch_size)
+        return DataLoader(
+            self.dataset,
+            batch_size=t.batch_size,
+            sampler=self.sampler,
+            num_workers=t.workers,
+            collate_fn=detection_collate,
+            drop_last=True,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
+
+    def losses(self, images: Tensor, targets: list[dict]) -> dict[str, Tensor]:
+        """The criterion's losses of one batch (forward under autocast, loss in float32)."""
+        images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        targets = [{k: target[k].to(self.device) for k in ("boxes", "labels")} for target in targets]
+        with torch.autocast(self.device.type, self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            cls_logits, box_deltas = self.model(images)
+        return self.criterion((cls_logits.float(), box_deltas.float()), self.anchors(images.shape[-2:]), targets)
+
+    def anchors(self, size) -> Tensor:
+        """The model's anchors for inputs of ``size`` on the run's device (cached)."""
+        size = (int(size[0]), int(size[1]))
+        if size not in self._anchors:
+            self._anchors[size] = self.model.anchors(size).to(self.device)
+        return self._anchors[size]
+
+    def step(self, losses: dict[str, Tensor]) -> bool:
+        """Backward, clip, optimizer step; False (nothing changed) for a non-finite loss or gradient."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(losses["total"]):
+            return False
+        self.scaler.scale(losses["total"]).backward()
+        self.scaler.unscale_(self.optimizer)
+        clip = self.config.train.clip_grad or float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        if self.scaler.is_enabled():  # fp16: the scaler skips the step on overflow and lowers its scale
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            return True
+        if not torch.isfinite(norm):
+            return False
+        self.optimizer.step()
+        return True
+
+
+def train(config: Config, resume: str | Path | None = None, progress: bool = True) -> dict:
+    """Train a RetinaNet as ``config`` says; returns the last evaluation's metrics (or {})."""
+    t = config.train
+    output = Path(config.output)
+    output.mkdir(parents=True, exist_ok=True)
+    if t.deterministic:
+        torch.use_deterministic_algorithms(True)
+    run = Trainer(config, output)
+    config.save(output / "config.yaml")
+    model, optimizer, train_data, val_data = run.model, run.optimizer, run.train_data, run.val_data
+    steps_per_epoch = len(run.dataset) // t.batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"train.batch_size {t.batch_size} is larger than the {len(dataset)} training images")
+        raise ValueError(f"train.batch_size {t.batch_size} is larger than the {len(run.dataset)} training images")
     schedule_steps = steps_per_epoch * t.epochs
     # max_steps stops a run early without changing its schedule, so that it can be resumed
     total_steps = min(schedule_steps, t.max_steps) if t.max_steps else schedule_steps
-    optimizer = _optimizer(t, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(t, schedule_steps))
+    ema = ModelEMA(model, t.ema_decay) if t.ema_decay > 0 else None
 
     state = {"epoch": 0, "batch": 0, "step": 0, "best_ap": -1.0, "bad_steps": 0, "metrics": {}}
     if resume is not None:
-        saved = load_checkpoint(resume)
+        saved = load_checkpoint(resume, map_location=run.device)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
+        run.scaler.load_state_dict(saved["scaler"])
+        if ema is not None:
+            ema.load_state_dict(saved["ema"])
         torch.set_rng_state(saved["rng"])
         state.update({k: saved[k] for k in state})
 
@@ -221,8 +329,10 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
             path,
             {
                 "model": model.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None,
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
+                "scaler": run.scaler.state_dict(),
                 "rng": torch.get_rng_state(),
                 "config": config.to_dict(),
                 "class_names": list(train_data.class_names),
@@ -235,44 +345,28 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
     try:
         while state["step"] < total_steps:
             epoch = state["epoch"]
-            dataset.set_epoch(epoch)
-            sampler.set_position(epoch, state["batch"] * t.batch_size)
-            loader = DataLoader(
-                dataset,
-                batch_size=t.batch_size,
-                sampler=sampler,
-                num_workers=t.workers,
-                collate_fn=detection_collate,
-                drop_last=True,
-            )
             model.train()
             started, seen = time.perf_counter(), 0
             bar = _progress(progress, epoch, steps_per_epoch - state["batch"])
-            for images, targets in loader:
-                losses = criterion(model(images), anchors, targets)
-                optimizer.zero_grad(set_to_none=True)
-                if not torch.isfinite(losses["total"]):
+            for images, targets in run.loader(epoch, state["batch"]):
+                losses = run.losses(images, targets)
+                if run.step(losses):
+                    state["bad_steps"] = 0
+                    if ema is not None:
+                        ema.update(model)
+                else:
                     state["bad_steps"] += 1
                     if state["bad_steps"] > t.max_bad_steps:
                         checkpoint(output / "last.pt")
                         raise FloatingPointError(
-                            f"the loss was not finite for {state['bad_steps']} steps in a row (step {state['step']}, "
-                            f"cls {float(losses['cls']):.4g}, box {float(losses['box']):.4g}); lower train.lr, keep "
-                            f"train.clip_grad on, and check the data with `multibox data check`"
+                            f"the loss or its gradient was not finite for {state['bad_steps']} steps in a row (step "
+                            f"{state['step']}, cls {losses['cls'].item():.4g}, box {losses['box'].item():.4g}); lower "
+                            f"train.lr, keep train.clip_grad on, and check the data with `multibox data check`"
                         )
-                else:
-                    losses["total"].backward()
-                    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_grad or float("inf"))
-                    if torch.isfinite(norm):
-                        optimizer.step()
-                        state["bad_steps"] = 0
-                    else:
-                        state["bad_steps"] += 1
                 scheduler.step()
                 state["step"] += 1
                 state["batch"] += 1
                 seen += len(images)
-                rate = seen / (time.perf_counter() - started)
                 row = {
                     "step": state["step"],
                     "epoch": epoch,
@@ -280,7 +374,7 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
                     "loss": losses["total"].item(),
                     "cls": losses["cls"].item(),
                     "box": losses["box"].item(),
-                    "images_per_s": rate,
+                    "images_per_s": seen / (time.perf_counter() - started),
                 }
                 logs.write("train_log", row)
                 bar(row)
@@ -293,12 +387,18 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
                 state["epoch"], state["batch"] = epoch + 1, 0
             finished = state["step"] >= total_steps
             if val_data is not None and ((state["batch"] == 0 and (epoch + 1) % t.eval_every == 0) or finished):
-                metrics, _ = evaluate(model, val_data, config)
-                state["metrics"] = {k: v for k, v in metrics.items() if k != "per_class"}
+                metrics, _ = evaluate(ema.module if ema is not None else model, val_data, config)
+                state["metrics"] = {k: v for k, v in metrics.items() if k not in ("per_class", "pr50")}
                 logs.write("val_log", {"step": state["step"], "epoch": epoch, **state["metrics"]})
                 if metrics["AP"] > state["best_ap"]:
                     state["best_ap"] = metrics["AP"]
                     checkpoint(output / "best.pt")
+                    plot_pr_curves(
+                        metrics["pr50"],
+                        train_data.class_names,
+                        output / "pr_curves.png",
+                        f"validation, step {state['step']}: AP {metrics['AP']:.3f}, AP50 {metrics['AP50']:.3f}",
+                    )
             checkpoint(output / "last.pt")
             if finished:
                 break

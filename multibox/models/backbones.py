@@ -18,7 +18,7 @@ from torchvision import models
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import FrozenBatchNorm2d
 
-__all__ = ["BACKBONES", "Backbone", "build_backbone", "offline_mobilenet_v2_weights"]
+__all__ = ["BACKBONES", "Backbone", "build_backbone", "fold_frozen_batchnorm", "offline_mobilenet_v2_weights"]
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v2")
 _RESNET_WEIGHTS = {
@@ -90,6 +90,56 @@ def _imagenet_state_dict(name: str) -> dict:
         ) from None
 
 
+class _ConvFrozenBN(nn.Conv2d):
+    """A convolution and the FrozenBatchNorm2d after it, computed as one convolution.
+
+    The frozen affine map ``y * scale + shift`` is folded into the kernel each call
+    (``weight * scale``, a weight-sized product), which saves two passes over the activations
+    forward and backward; gradients still reach ``weight``. The norm stays registered where it
+    was (as :class:`_FoldedBN`, an identity), so state-dict keys do not change.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        norm = self.folded_norm[0]
+        scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
+        shift = norm.bias - norm.running_mean * scale
+        if self.bias is not None:
+            shift = shift + self.bias * scale
+        return self._conv_forward(x, self.weight * scale.reshape(-1, 1, 1, 1), shift)
+
+
+class _FoldedBN(FrozenBatchNorm2d):
+    """A FrozenBatchNorm2d whose map the preceding :class:`_ConvFrozenBN` applies: an identity keeping its buffers."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
+def fold_frozen_batchnorm(module: nn.Module) -> nn.Module:
+    """Fold every ``FrozenBatchNorm2d`` into the ``Conv2d`` registered just before it, in place.
+
+    Relies on registration order matching data flow for such pairs, which holds for
+    torchvision's ResNet and MobileNetV2 (``conv1, bn1``, ``Conv2dNormActivation``, the
+    downsample ``Sequential``). Outputs are unchanged up to float rounding (tested).
+    """
+    for parent in list(module.modules()):
+        children = list(parent.named_children())
+        for (conv_name, conv), (norm_name, norm) in pairwise(children):
+            if type(conv) is nn.Conv2d and type(norm) is FrozenBatchNorm2d:
+                fused = _ConvFrozenBN(
+                    conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                    conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
+                    device=conv.weight.device, dtype=conv.weight.dtype,
+                )  # fmt: skip
+                fused.weight, fused.bias = conv.weight, conv.bias
+                folded = _FoldedBN(norm.weight.numel(), norm.eps)
+                folded.load_state_dict(norm.state_dict())
+                fused.folded_norm = (folded,)  # a tuple: not registered twice
+                setattr(parent, conv_name, fused)
+                setattr(parent, norm_name, folded)
+    return module
+
+
 def _freeze(module: nn.Module, trainable: list[str]) -> None:
     for name, parameter in module.named_parameters():
         if not any(name.startswith(prefix) for prefix in trainable):
@@ -105,7 +155,8 @@ def build_backbone(
         name: one of :data:`BACKBONES`.
         pretrained: ``"imagenet"`` or ``"none"``.
         frozen_bn: BatchNorm with frozen statistics and affine parameters (``FrozenBatchNorm2d``),
-            the usual choice for small detection batches; False keeps ``nn.BatchNorm2d``.
+            the usual choice for small detection batches, folded into the convolutions before
+            them (:func:`fold_frozen_batchnorm`); False keeps ``nn.BatchNorm2d``.
         trainable_stages: how many stages, counted from the deepest, are trained (0..5 for
             ResNets: layer4, layer3, layer2, layer1, stem; 0..4 for MobileNetV2).
     """
@@ -122,6 +173,8 @@ def build_backbone(
         bounds = (0, 2, *_MOBILENET_STAGES)  # stem, then the three strided stages
         blocks = [stages[a:b] for a, b in pairwise(bounds)][::-1]
         _freeze(network, [p + "." for group in blocks[:trainable_stages] for p in group])
+        if frozen_bn:
+            fold_frozen_batchnorm(network)
         return Backbone(_MobileNetStages(network.features), [32, 96, 1280])
     network = getattr(models, name)(weights=None, norm_layer=norm)
     if pretrained == "imagenet":
@@ -131,6 +184,8 @@ def build_backbone(
         ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_stages]
         + (["bn1"] if trainable_stages >= 5 else []),
     )
+    if frozen_bn:
+        fold_frozen_batchnorm(network)
     body = IntermediateLayerGetter(network, {"layer2": "0", "layer3": "1", "layer4": "2"})
     width = 4 if name == "resnet50" else 1
     return Backbone(body, [128 * width, 256 * width, 512 * width])
