@@ -1,8 +1,10 @@
+import math
+
 import pytest
 import torch
 
 import multibox.engine.train as engine
-from multibox.config import ConfigError, load_config
+from multibox.config import PRESETS, ConfigError, load_config, preset
 from multibox.data.synthetic import SceneConfig, synthesize_digits
 from multibox.engine.checkpoint import load_checkpoint, save_checkpoint
 from multibox.engine.train import train
@@ -73,7 +75,7 @@ def test_checkpoint_is_atomic_and_weights_only(tmp_path):
 
 def test_training_writes_its_outputs(digits, tmp_path):
     metrics = train(_config(digits, tmp_path, "train.epochs=2"), progress=False)
-    for name in ("config.yaml", "last.pt", "best.pt", "train_log.csv", "val_log.csv", "losses.png"):
+    for name in ("config.yaml", "last.pt", "best.pt", "train_log.csv", "val_log.csv", "losses.png", "pr_curves.png"):
         assert (tmp_path / name).is_file(), name
     saved = load_checkpoint(tmp_path / "last.pt")
     assert saved["step"] == 8 and saved["epoch"] == 2 and saved["class_names"] == [str(d) for d in range(10)]
@@ -83,17 +85,19 @@ def test_training_writes_its_outputs(digits, tmp_path):
 
 def test_resume_gives_the_same_weights_as_a_straight_run(digits, tmp_path):
     straight = tmp_path / "straight"
-    train(_config(digits, straight, "train.epochs=2", "train.deterministic=true"), progress=False)
+    settings = ("train.epochs=2", "train.deterministic=true", "train.ema_decay=0.9")
+    train(_config(digits, straight, *settings), progress=False)
     split = tmp_path / "split"
-    train(_config(digits, split, "train.epochs=2", "train.deterministic=true", "train.max_steps=3"), progress=False)
+    train(_config(digits, split, *settings, "train.max_steps=3"), progress=False)
     assert load_checkpoint(split / "last.pt")["step"] == 3  # stopped mid-epoch
-    train(
-        _config(digits, split, "train.epochs=2", "train.deterministic=true"), resume=split / "last.pt", progress=False
-    )
+    train(_config(digits, split, *settings), resume=split / "last.pt", progress=False)
     a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(split / "last.pt")
-    assert a["step"] == b["step"] == 8
+    assert a["step"] == b["step"] == 8 and a["ema"]["updates"] == b["ema"]["updates"] == 8
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
+    for key, value in a["ema"]["module"].items():
+        assert torch.equal(value, b["ema"]["module"][key]), key
+    assert not all(torch.equal(v, a["model"][k]) for k, v in a["ema"]["module"].items())  # an average, not a copy
 
 
 def test_non_finite_losses_stop_with_a_clear_message(digits, tmp_path, monkeypatch):
@@ -157,3 +161,43 @@ def test_predictor_cli_eval_and_predict(digits, tmp_path):
 
     result = runner.invoke(app, ["train", "train.lrate=1"])
     assert result.exit_code == 2 and "unknown key 'lrate'" in result.output
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_and_their_yaml_files_agree(name):
+    from pathlib import Path
+
+    assert PRESETS[name], "an empty preset"
+    yaml_file = Path(__file__).parents[1] / "configs" / f"{name}.yaml"
+    assert load_config(yaml_file) == preset(name) == load_config(name)
+    with pytest.raises(ConfigError, match=r"unknown preset 'retinanet_r50'; did you mean 'retinanet_r50_fpn'"):
+        preset("retinanet_r50")
+
+
+def test_model_ema_follows_the_ramped_decay():
+    from multibox.engine.ema import ModelEMA
+
+    model = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema = ModelEMA(model, decay=0.9, ramp=2.0)
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    ema.update(model)
+    decay = 0.9 * (1 - math.exp(-1 / 2))  # 0.354...: early averages lean on the new weights
+    assert torch.allclose(ema.module.weight, torch.full((1, 2), decay * 1.0 + (1 - decay) * 3.0))
+    assert not ema.module.weight.requires_grad and not ema.module.training
+
+
+def test_mixed_precision_on_cpu_trains_with_float32_losses(digits, tmp_path):
+    run = engine.Trainer(_config(digits, tmp_path, "train.amp=on", "train.device=cpu"))
+    assert run.amp_dtype == torch.bfloat16 and not run.scaler.is_enabled()  # bf16 needs no loss scaling
+    images, targets = next(iter(run.loader(0)))
+    losses = run.losses(images, targets)
+    assert losses["total"].dtype == torch.float32 and torch.isfinite(losses["total"])
+    before = [p.detach().clone() for p in run.model.parameters() if p.requires_grad]
+    assert run.step(losses)
+    after = [p for p in run.model.parameters() if p.requires_grad]
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    with pytest.raises(ValueError, match="train.amp must be auto, on or off"):
+        engine.Trainer(_config(digits, tmp_path, "train.amp=maybe"))

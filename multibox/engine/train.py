@@ -33,7 +33,7 @@ from ..viz import plot_pr_curves
 from .checkpoint import load_checkpoint, save_checkpoint
 from .ema import ModelEMA
 
-__all__ = ["Trainer", "build_model", "evaluate", "resolve_device", "train"]
+__all__ = ["Trainer", "build_model", "build_optimizer", "evaluate", "resolve_device", "train"]
 
 
 def build_model(config: ModelConfig, num_classes: int, pretrained: str | None = None) -> RetinaNet:
@@ -91,7 +91,9 @@ def _lr_factor(config, total_steps: int):
     return factor
 
 
-def _optimizer(config, model: torch.nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """``config.optimizer`` (SGD with momentum, or AdamW) over the trainable parameters of ``model``;
+    biases and norm parameters (1-D) get no weight decay."""
     decay, no_decay = [], []
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
@@ -239,7 +241,7 @@ class Trainer:
         augment = Augment(t.augment, self.size, t.resize, t.rotate, hflip=t.hflip)
         self.dataset = DetectionDataset(self.train_data, augment, seed=t.seed)
         self.sampler = EpochSampler(len(self.dataset), t.seed)
-        self.optimizer = _optimizer(t, self.model)
+        self.optimizer = build_optimizer(t, self.model)
         fp16 = self.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
 

@@ -1,0 +1,189 @@
+"""Time to accuracy on the digit scenes: multibox's CPU preset vs torchvision's RetinaNet.
+
+    python bench/time_to_accuracy.py [--minutes 8 --evals 4 --data data/digits --val-images 200]
+
+Both train on the same data pipeline (the preset's augmentation at 256x256, batches of 16)
+for the same wall-clock budget of training time, with the same optimizer and a cosine
+learning rate over the budget (a function of elapsed time, so neither needs to know its
+speed in advance), and are evaluated with the same COCO metric on the same validation
+scenes at equal intervals (evaluation time not counted). The peer is torchvision's
+``RetinaNet`` on the same ImageNet MobileNetV2 (frozen BatchNorm, the same trainable
+stages) with a torchvision FPN on C3-C5 and its standard head (4 x 256-channel convs per
+task), anchors sized like multibox's. The digits dataset is rendered if missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import torch
+from _timing import machine
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision.models import mobilenet_v2
+from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.retinanet import RetinaNet as TorchvisionRetinaNet
+from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d
+
+from multibox.config import preset
+from multibox.data import DetectionSet, load_dataset
+from multibox.data.dataset import DetectionDataset, detection_collate
+from multibox.data.synthetic import synthesize_digits
+from multibox.engine.train import Trainer, build_optimizer, evaluate
+from multibox.metrics import coco_map
+from multibox.models.backbones import offline_mobilenet_v2_weights
+
+
+class MobileNetFPN(nn.Module):
+    """C3-C5 of torchvision's MobileNetV2 (features 6, 13, 17, as multibox's) into a torchvision FPN."""
+
+    def __init__(self, trainable_from: int):
+        super().__init__()
+        network = mobilenet_v2(norm_layer=FrozenBatchNorm2d)
+        network.load_state_dict(torch.load(offline_mobilenet_v2_weights(), weights_only=True))
+        for index, block in enumerate(network.features):
+            block.requires_grad_(index >= trainable_from)
+        self.body = IntermediateLayerGetter(network.features, {"6": "0", "13": "1", "17": "2"})
+        self.fpn = FeaturePyramidNetwork([32, 96, 320], 256)
+        self.out_channels = 256
+
+    def forward(self, x):
+        return self.fpn(self.body(x))
+
+
+def torchvision_model(config, num_classes: int) -> TorchvisionRetinaNet:
+    m, t = config.model, config.train
+    # the same trainable blocks as multibox's trainable_stages (stages end at 2, 7, 14, 18)
+    trainable_from = (18, 14, 7, 2, 0)[m.trainable_stages]
+    sizes = tuple(tuple(s * k for k in m.anchor_scales) for s in m.anchor_sizes)
+    anchors = AnchorGenerator(sizes, (tuple(m.anchor_ratios),) * len(sizes))
+    side = t.image_size[0]
+    return TorchvisionRetinaNet(
+        MobileNetFPN(trainable_from),
+        num_classes,
+        min_size=side,
+        max_size=side,
+        image_mean=[0.0] * 3,  # the shared pipeline already normalises
+        image_std=[1.0] * 3,
+        anchor_generator=anchors,
+        score_thresh=t.score_thresh,
+        nms_thresh=t.nms_iou,
+        detections_per_img=t.max_det,
+        topk_candidates=t.topk,
+    )
+
+
+def torchvision_ap(model, data: DetectionSet, loader) -> dict:
+    model.eval()
+    detections = []
+    with torch.no_grad():
+        for images, _ in loader:
+            detections += model(list(images))
+    model.train()
+    truth = [{"boxes": r.boxes, "labels": r.labels} for r in data.records]
+    return coco_map(detections, truth, num_classes=len(data.class_names))
+
+
+def cosine(fraction: float) -> float:
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, fraction)))
+
+
+def train_for(name, run: Trainer, step, evaluate_now, budget: float, evals: int, warmup: int) -> list:
+    """Train with ``step(images, targets)`` for ``budget`` seconds; evaluate ``evals`` times at equal intervals."""
+    base_lr = run.config.train.lr
+    history, elapsed, steps, seen, epoch = [], 0.0, 0, 0, 0
+    next_eval = budget / evals
+    while elapsed < budget:
+        for images, targets in run.loader(epoch):
+            started = time.perf_counter()
+            scale = min(1.0, (steps + 1) / warmup) * cosine(elapsed / budget)
+            for group in run.optimizer.param_groups:
+                group["lr"] = base_lr * scale
+            step(images, targets)
+            elapsed += time.perf_counter() - started  # batch loading counts too: it is the same for both
+            steps, seen = steps + 1, seen + len(images)
+            if elapsed >= next_eval or elapsed >= budget:
+                metrics = evaluate_now()
+                history.append((elapsed, seen, metrics["AP"], metrics["AP50"]))
+                print(
+                    f"{name:<12} {elapsed:7.1f} s  {seen:6d} images ({seen / elapsed:5.1f}/s)  "
+                    f"AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}",
+                    flush=True,
+                )
+                next_eval += budget / evals
+            if elapsed >= budget:
+                break
+        epoch += 1
+    return history
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=8.0, help="training time per detector")
+    parser.add_argument("--evals", type=int, default=4)
+    parser.add_argument("--data", default="data/digits")
+    parser.add_argument("--val-images", type=int, default=200)
+    args = parser.parse_args()
+    if not Path(args.data).exists():
+        print(f"rendering the digit scenes into {args.data}")
+        synthesize_digits(args.data, train=2000, val=400, seed=0)
+    config = preset("cpu_digits")
+    config.data.path = args.data
+    budget = args.minutes * 60
+    print(machine())
+
+    torch.manual_seed(0)
+    ours = Trainer(config)
+    val, _ = load_dataset(args.data, "val", class_names=ours.train_data.class_names)
+    val = DetectionSet(val.records[: args.val_images], val.class_names)
+    warmup = config.train.warmup_steps
+    ours.model.train()
+    mine = train_for(
+        "multibox",
+        ours,
+        lambda images, targets: ours.step(ours.losses(images, targets)),
+        lambda: evaluate(ours.model, val, config)[0],
+        budget,
+        args.evals,
+        warmup,
+    )
+
+    # torchvision: the same Trainer supplies data and an optimizer of the same kind; only the model differs
+    torch.manual_seed(0)
+    theirs = Trainer(config)
+    peer = torchvision_model(config, len(theirs.train_data.class_names))
+    theirs.optimizer = build_optimizer(config.train, peer)
+    val_loader = DataLoader(
+        DetectionDataset(val, theirs.dataset.augment, train=False),
+        batch_size=config.train.batch_size,
+        collate_fn=detection_collate,
+    )
+
+    def their_step(images, targets):
+        losses = peer(list(images), [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets])
+        theirs.optimizer.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        torch.nn.utils.clip_grad_norm_(peer.parameters(), config.train.clip_grad)
+        theirs.optimizer.step()
+
+    peer.train()
+    reference = train_for(
+        "torchvision", theirs, their_step, lambda: torchvision_ap(peer, val, val_loader), budget, args.evals, warmup
+    )
+
+    final = reference[-1][2]
+    reached = next((t for t, _, ap, _ in mine if ap >= final), None)
+    print(f"\nfinal AP: multibox {mine[-1][2]:.4f}, torchvision {final:.4f} ({mine[-1][2] / max(final, 1e-9):.1f}x)")
+    if reached is None:
+        print("multibox did not reach torchvision's final AP")
+    else:
+        print(f"multibox reached torchvision's final AP after {reached:.0f} s, {reached / budget:.2f} of the budget")
+    print("target: at most 0.20 of the budget, and a final AP at least 10x torchvision's")
+
+
+if __name__ == "__main__":
+    main()
