@@ -199,5 +199,5 @@ def test_mixed_precision_on_cpu_trains_with_float32_losses(digits, tmp_path):
     assert run.step(losses)
     after = [p for p in run.model.parameters() if p.requires_grad]
     assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
-    with pytest.raises(ValueError, match="train.amp must be auto, on or off"):
+    with pytest.raises(ValueError, match=r"train\.amp must be auto, on or off"):
         engine.Trainer(_config(digits, tmp_path, "train.amp=maybe"))
