@@ -20,10 +20,10 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 # The main job: render the digit scenes, train the CPU preset, evaluate, predict (runs/demo/).
-DEMO_DATA := data/digits
+DEMO_DATA := data/demo-digits
 DEMO_RUN  := runs/demo
 demo: $(STAMP)
-	@test -f $(DEMO_DATA)/classes.txt || $(VENV)/bin/multibox data synth digits --out $(DEMO_DATA) --train 2000 --val 400
+	@test -f $(DEMO_DATA)/classes.txt || $(VENV)/bin/multibox data synth digits --out $(DEMO_DATA) --train 4000 --val 400
 	$(VENV)/bin/multibox train --config cpu_digits data.path=$(DEMO_DATA) output=$(DEMO_RUN)
 	$(VENV)/bin/multibox eval --weights $(DEMO_RUN)/best.pt --data $(DEMO_DATA) --split val --out $(DEMO_RUN)
 	$(VENV)/bin/multibox predict --weights $(DEMO_RUN)/best.pt $(DEMO_DATA)/JPEGImages/val_0000*.jpg --out $(DEMO_RUN)/predictions

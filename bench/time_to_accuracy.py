@@ -102,7 +102,7 @@ def train_for(name, run: Trainer, step, evaluate_now, budget: float, evals: int,
             started = time.perf_counter()
             scale = min(1.0, (steps + 1) / warmup) * cosine(elapsed / budget)
             for group in run.optimizer.param_groups:
-                group["lr"] = base_lr * scale
+                group["lr"] = base_lr * scale * group["lr_scale"]
             step(images, targets)
             elapsed += time.perf_counter() - started  # batch loading counts too: it is the same for both
             steps, seen = steps + 1, seen + len(images)

@@ -10,7 +10,6 @@ from . import __version__
 
 app = typer.Typer(
     name="multibox",
-    help="multibox: one-stage object detection with PyTorch.",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -37,7 +36,16 @@ def _version(value: bool) -> None:
 def _main(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
-    """multibox: one-stage object detection with PyTorch."""
+    """multibox: one-stage object detection with PyTorch.
+
+    \b
+    Examples:
+      multibox data synth digits --out data/digits --train 2000 --val 400
+      multibox train --config cpu_digits output=runs/digits
+      multibox lr-find --config cpu_digits --steps 80
+      multibox eval --weights runs/digits/best.pt --data data/digits --split val
+      multibox predict --weights runs/digits/best.pt photos/ --out runs/predict
+    """
 
 
 @app.command()

@@ -58,7 +58,10 @@ def lr_find(
         _fail(error)
     folder = out or Path(resolved.output)
     stopped = "diverged" if result.diverged else "reached the end"
-    typer.echo(f"{len(result.lrs)} steps ({stopped}); lowest loss at lr {result.minimum:.2e}")
+    typer.echo(
+        f"{len(result.lrs)} steps ({stopped}); lowest loss at lr {result.minimum:.2e}, "
+        f"steepest fall at {result.steepest:.2e}"
+    )
     typer.echo(f"suggested lr: {result.suggestion:.2e}  (set train.lr={result.suggestion:.2g})")
     typer.echo(f"written: {folder / 'lr_find.png'}, {folder / 'lr_find.csv'}")
 

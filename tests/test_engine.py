@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -190,7 +191,7 @@ def test_model_ema_follows_the_ramped_decay():
 
 
 def test_mixed_precision_on_cpu_trains_with_float32_losses(digits, tmp_path):
-    run = engine.Trainer(_config(digits, tmp_path, "train.amp=on", "train.device=cpu"))
+    run = engine.Trainer(_config(digits, tmp_path, "train.amp=bf16", "train.device=cpu"))
     assert run.amp_dtype == torch.bfloat16 and not run.scaler.is_enabled()  # bf16 needs no loss scaling
     images, targets = next(iter(run.loader(0)))
     losses = run.losses(images, targets)
@@ -199,5 +200,34 @@ def test_mixed_precision_on_cpu_trains_with_float32_losses(digits, tmp_path):
     assert run.step(losses)
     after = [p for p in run.model.parameters() if p.requires_grad]
     assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
-    with pytest.raises(ValueError, match=r"train\.amp must be auto, on or off"):
-        engine.Trainer(_config(digits, tmp_path, "train.amp=maybe"))
+    with pytest.raises(ValueError, match=r"train\.amp must be auto, bf16, fp16 or none, got 'True'"):
+        engine.Trainer(_config(digits, tmp_path, "train.amp=on"))  # YAML reads 'on' as true
+
+
+def test_optimizer_groups_discriminative_rates_and_decay(digits, tmp_path):
+    config = _config(digits, tmp_path, "train.lr=0.01", "train.backbone_lr_mult=0.1", "train.weight_decay=0.001")
+    model = engine.build_model(config.model, 10)
+    optimizer = engine.build_optimizer(config.train, model)
+    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert len(group_of) == len(trained)
+    for name, parameter in trained:
+        group = group_of[id(parameter)]
+        assert group["lr"] == pytest.approx(0.001 if name.startswith("backbone.body.") else 0.01), name
+        assert group["weight_decay"] == (0.0 if name.endswith(".bias") or parameter.ndim == 1 else 0.001), name
+
+
+def test_lr_finder_analysis_and_sweep(digits, tmp_path):
+    from multibox.engine.lr_find import _analyse, lr_find
+
+    lrs = np.geomspace(1e-6, 1.0, 61)
+    smoothed = (np.log10(lrs) + 2) ** 2  # lowest at 1e-2, falling fastest at the start of the kept part
+    minimum, steepest = _analyse(lrs, smoothed)
+    assert minimum == pytest.approx(1e-2) and steepest < minimum
+
+    result = lr_find(_config(digits, tmp_path), tmp_path / "lr", start_lr=1e-5, end_lr=1e3, steps=40)
+    assert np.allclose(np.diff(np.log(result.lrs)), np.log(1e8) / 39)  # a geometric sweep
+    assert result.diverged and len(result.lrs) < 40  # lr 1e3 blows the loss up well before the end
+    assert result.suggestion == pytest.approx(max(result.minimum / 10, 1e-5))  # never below the sweep
+    assert (tmp_path / "lr" / "lr_find.png").is_file()
+    assert len((tmp_path / "lr" / "lr_find.csv").read_text().splitlines()) == len(result.lrs) + 1

@@ -33,8 +33,8 @@ class LRFinderResult:
         minimum: the learning rate of the lowest smoothed loss.
         steepest: the learning rate where the smoothed loss falls fastest (in ``log lr``),
             before the minimum.
-        suggestion: the lower of ``minimum / 10`` (fastai's rule: an order of magnitude below
-            where the loss stops falling) and ``steepest``.
+        suggestion: ``minimum / 10``, fastai's rule: an order of magnitude below where the
+            loss stops falling (``steepest`` is the other common reading of the plot).
         diverged: whether the sweep stopped early on a rising loss.
     """
 
@@ -48,12 +48,15 @@ class LRFinderResult:
 
 
 def _analyse(lrs: np.ndarray, smoothed: np.ndarray) -> tuple[float, float]:
-    best = int(np.argmin(smoothed))
+    """The rates of the lowest smoothed loss and of its steepest fall (the first tenth of the
+    sweep, where the moving average is still settling, is left out of both)."""
+    skip = max(3, len(lrs) // 10)
+    best = skip + int(np.argmin(smoothed[skip:])) if len(lrs) > skip else int(np.argmin(smoothed))
     minimum = float(lrs[best])
-    if best < 2:
+    if best - skip < 2:
         return minimum, minimum
-    slope = np.gradient(smoothed[: best + 1], np.log(lrs[: best + 1]))
-    return minimum, float(lrs[int(np.argmin(slope))])
+    slope = np.gradient(smoothed[skip : best + 1], np.log(lrs[skip : best + 1]))
+    return minimum, float(lrs[skip + int(np.argmin(slope))])
 
 
 def lr_find(
@@ -91,7 +94,7 @@ def lr_find(
         for images, targets in run.loader(epoch):
             lr = start_lr * growth ** len(lrs)
             for group in run.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group["lr_scale"]
             batch_losses = run.losses(images, targets)
             loss = batch_losses["total"].item()
             if not math.isfinite(loss):
@@ -111,7 +114,7 @@ def lr_find(
     if len(lrs) < 3:
         raise FloatingPointError(f"the loss was not finite from the start ({start_lr:g}); lower start_lr")
     minimum, steepest = _analyse(np.array(lrs), np.array(smoothed))
-    result = LRFinderResult(lrs, losses, smoothed, minimum, steepest, min(minimum / 10, steepest), diverged)
+    result = LRFinderResult(lrs, losses, smoothed, minimum, steepest, max(minimum / 10, start_lr), diverged)
     _write(result, out)
     return result
 
@@ -134,6 +137,7 @@ def _write(result: LRFinderResult, out: Path) -> None:
     ax.plot(result.lrs, result.smoothed, color="C0", linewidth=1.5, label="smoothed")
     ax.axvline(result.suggestion, color="C3", linestyle="--", label=f"suggestion {result.suggestion:.2e}")
     ax.axvline(result.minimum, color="0.4", linestyle=":", label=f"minimum {result.minimum:.2e}")
+    ax.axvline(result.steepest, color="C2", linestyle=":", label=f"steepest {result.steepest:.2e}")
     top = min(max(result.smoothed), 4 * min(result.smoothed)) if result.smoothed else 1
     ax.set(xscale="log", xlabel="learning rate", ylabel="loss", title="learning-rate finder", ylim=(0, top * 1.1))
     ax.legend()

@@ -92,17 +92,30 @@ def _lr_factor(config, total_steps: int):
 
 
 def build_optimizer(config, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """``config.optimizer`` (SGD with momentum, or AdamW) over the trainable parameters of ``model``;
-    biases and norm parameters (1-D) get no weight decay."""
-    decay, no_decay = [], []
+    """``config.optimizer`` (SGD with momentum, or AdamW) over the trainable parameters of ``model``.
+
+    Biases and norm parameters (1-D) get no weight decay. Parameters under ``backbone.body``
+    (the pretrained network) learn at ``lr * backbone_lr_mult``: discriminative learning
+    rates, as in fastai. Each group records its ``lr_scale`` for schedules that set rates.
+    """
+    groups: dict[tuple[bool, bool], list] = {}
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
-            (no_decay if parameter.ndim <= 1 or name.endswith(".bias") else decay).append(parameter)
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            decays = parameter.ndim > 1 and not name.endswith(".bias")
+            groups.setdefault((name.startswith("backbone.body."), decays), []).append(parameter)
+    param_groups = [
+        {
+            "params": params,
+            "weight_decay": config.weight_decay if decays else 0.0,
+            "lr": config.lr * (config.backbone_lr_mult if body else 1.0),
+            "lr_scale": config.backbone_lr_mult if body else 1.0,
+        }
+        for (body, decays), params in sorted(groups.items())
+    ]
     if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+        return torch.optim.SGD(param_groups, lr=config.lr, momentum=config.momentum)
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=config.lr)
+        return torch.optim.AdamW(param_groups, lr=config.lr)
     raise ValueError(f"train.optimizer must be sgd or adamw, got {config.optimizer!r}")
 
 
@@ -186,14 +199,21 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def _precision(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``train.amp`` (``auto``: bf16 or fp16 on CUDA, none on CPU), or None."""
-    if amp not in ("auto", "on", "off"):
-        raise ValueError(f"train.amp must be auto, on or off, got {amp!r}")
-    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+    """The autocast dtype for ``train.amp``, or None for full precision.
+
+    ``auto``: bf16 on CUDA where supported, else fp16 (with loss scaling); nothing on CPUs,
+    where bf16 pays only with AMX. ``bf16`` and ``fp16`` force a dtype (CPU autocast is bf16
+    only); ``none`` turns mixed precision off.
+    """
+    if amp not in ("auto", "bf16", "fp16", "none"):
+        raise ValueError(f"train.amp must be auto, bf16, fp16 or none, got {amp!r}")
+    if amp == "none" or (amp == "auto" and device.type != "cuda"):
         return None
-    if device.type == "cuda":
+    if amp == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16  # CPU autocast: worth it only with AMX / AVX-512 BF16, hence opt-in
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError("train.amp fp16 needs a CUDA device; CPUs autocast to bf16 (train.amp=bf16)")
+    return torch.bfloat16 if amp == "bf16" else torch.float16
 
 
 def _load_splits(config: Config, output: Path | None = None) -> tuple[DetectionSet, DetectionSet | None]:
