@@ -23,16 +23,20 @@ test: $(STAMP)
 DEMO_DATA := data/demo-digits
 DEMO_RUN  := runs/demo
 demo: $(STAMP)
-	@test -f $(DEMO_DATA)/classes.txt || $(VENV)/bin/multibox data synth digits --out $(DEMO_DATA) --train 4000 --val 400
+	@test -f $(DEMO_DATA)/classes.txt || $(VENV)/bin/multibox data synth digits --out $(DEMO_DATA) --train 3400 --val 400
 	$(VENV)/bin/multibox train --config cpu_digits data.path=$(DEMO_DATA) output=$(DEMO_RUN)
 	$(VENV)/bin/multibox eval --weights $(DEMO_RUN)/best.pt --data $(DEMO_DATA) --split val --out $(DEMO_RUN)
 	$(VENV)/bin/multibox predict --weights $(DEMO_RUN)/best.pt $(DEMO_DATA)/JPEGImages/val_0000*.jpg --out $(DEMO_RUN)/predictions
 	@$(PY) -c "import json; m = json.load(open('$(DEMO_RUN)/metrics.json')); print(f'demo: validation AP {m[\"AP\"]:.3f}, AP50 {m[\"AP50\"]:.3f} ($(DEMO_RUN)/metrics.json)')"
 
+# About 25 minutes on 2 cores; time_to_accuracy.py alone trains two detectors for 6 minutes each.
 bench: $(STAMP)
 	$(PY) bench/postprocess.py
 	$(PY) bench/matching.py
 	$(PY) bench/loader.py
+	$(PY) bench/train_step.py
+	$(PY) bench/inference.py
+	$(PY) bench/time_to_accuracy.py --minutes 6 --evals 6 --data $(DEMO_DATA)
 
 lint: $(STAMP)
 	$(PY) -m ruff check multibox tests bench
