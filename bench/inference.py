@@ -14,7 +14,7 @@ import argparse
 
 import torch
 from _timing import canonical, compare, machine, report
-from train_step import build_pair
+from train_step import MEMORY_FORMATS, build_pair
 
 from multibox.coding import DeltaCoder
 from multibox.postprocess import postprocess
@@ -26,9 +26,13 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--memory-format", choices=list(MEMORY_FORMATS), default="channels_last", help="multibox's side"
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
-    ours, theirs = build_pair(args.classes, args.size, device)
+    memory_format = MEMORY_FORMATS[args.memory_format]
+    ours, theirs = build_pair(args.classes, args.size, device, memory_format)
     with torch.no_grad():  # candidates above the score threshold, spread over classes and levels
         gen = torch.Generator().manual_seed(2)
         bias = theirs.head.classification_head.cls_logits.bias
@@ -39,11 +43,11 @@ def main() -> None:
     image = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(3)).to(device)
     anchors = ours.anchors(size).to(device)
     level_sizes = ours.level_sizes(size)
-    channels_last = image.contiguous(memory_format=torch.channels_last)
+    formatted = image.contiguous(memory_format=memory_format)
 
     @torch.no_grad()
     def ours_run():
-        (det,) = postprocess(*ours(channels_last), anchors, [size], coder=DeltaCoder(), level_sizes=level_sizes)
+        (det,) = postprocess(*ours(formatted), anchors, [size], coder=DeltaCoder(), level_sizes=level_sizes)
         return det
 
     @torch.no_grad()
@@ -60,7 +64,7 @@ def main() -> None:
     )
     print(machine())
     t_ours, t_theirs = compare(ours_run, theirs_run, args.repeats, device)
-    report(f"batch-1 latency at {args.size}", t_ours, t_theirs, "torchvision")
+    report(f"batch-1 latency at {args.size} ({args.memory_format})", t_ours, t_theirs, "torchvision")
     print(f"time ratio multibox / torchvision: {t_ours / t_theirs:.2f} (target <= 1.0)")
 
 

@@ -182,7 +182,8 @@ def main() -> None:
 
     final = reference[-1][2]
     reached = next((t for t, _, ap, _ in mine if ap >= final), None)
-    print(f"\nfinal AP: multibox {mine[-1][2]:.4f}, torchvision {final:.4f} ({mine[-1][2] / max(final, 1e-9):.1f}x)")
+    ratio = f"{mine[-1][2] / final:.1f}x" if final > 0 else "torchvision's is zero"
+    print(f"\nfinal AP: multibox {mine[-1][2]:.4f}, torchvision {final:.4f} ({ratio})")
     if reached is None:
         print("multibox did not reach torchvision's final AP")
     else:

@@ -24,18 +24,20 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from multibox.criterion import RetinaNetCriterion
 from multibox.models import RetinaNet
 
+MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 
-def build_pair(classes: int, size: int, device: torch.device):
+
+def build_pair(classes: int, size: int, device: torch.device, memory_format=torch.channels_last):
     torch.manual_seed(0)
     body = _resnet_fpn_extractor(
         resnet50(norm_layer=FrozenBatchNorm2d), 3, returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256)
     )
     theirs = TorchvisionRetinaNet(
-        body, classes, min_size=size, max_size=size, image_mean=[0.0] * 3, image_std=[1.0] * 3
+        body, classes, min_size=size, max_size=size, image_mean=[0.0] * 3, image_std=[1.0] * 3, detections_per_img=100
     ).to(device)
     ours = RetinaNet(classes, "resnet50", "none", p6_from="p5", trainable_stages=3)
     ours.load_state_dict(theirs.state_dict())
-    ours = ours.to(device, memory_format=torch.channels_last)
+    ours = ours.to(device, memory_format=memory_format)
     return ours, theirs
 
 
@@ -58,9 +60,13 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--memory-format", choices=list(MEMORY_FORMATS), default="channels_last", help="multibox's side"
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
-    ours, theirs = build_pair(args.classes, args.size, device)
+    memory_format = MEMORY_FORMATS[args.memory_format]
+    ours, theirs = build_pair(args.classes, args.size, device, memory_format)
     images, targets = make_batch(args.batch, args.size, args.classes, device)
     anchors = ours.anchors((args.size, args.size)).to(device)
     criterion = RetinaNetCriterion(normalize="image")
@@ -70,11 +76,11 @@ def main() -> None:
     assert sum(p.numel() for p in ours.parameters() if p.requires_grad) == sum(
         p.numel() for p in theirs.parameters() if p.requires_grad
     ), "the two models train different parameters"
-    channels_last = images.contiguous(memory_format=torch.channels_last)
+    formatted = images.contiguous(memory_format=memory_format)
     image_list = list(images)
 
     with torch.no_grad():
-        mine = criterion(ours(channels_last), anchors, targets)
+        mine = criterion(ours(formatted), anchors, targets)
         ref = theirs(image_list, targets)
     print(
         f"loss check: multibox cls {mine['cls']:.5f} box {mine['box']:.5f}   "
@@ -84,7 +90,7 @@ def main() -> None:
     torch.testing.assert_close(mine["box"], ref["bbox_regression"], rtol=1e-3, atol=1e-4)
 
     def our_step():
-        losses = criterion(ours(channels_last), anchors, targets)
+        losses = criterion(ours(formatted), anchors, targets)
         ours_opt.zero_grad(set_to_none=True)
         losses["total"].backward()
         ours_opt.step()
@@ -97,7 +103,7 @@ def main() -> None:
 
     print(machine())
     t_ours, t_theirs = compare(our_step, their_step, args.repeats, device)
-    report(f"train step, batch {args.batch} at {args.size}", t_ours, t_theirs, "torchvision")
+    report(f"train step, batch {args.batch} at {args.size} ({args.memory_format})", t_ours, t_theirs, "torchvision")
     print(f"time ratio multibox / torchvision: {t_ours / t_theirs:.2f} (target <= 1.0)")
 
 
