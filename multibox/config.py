@@ -166,7 +166,7 @@ PRESETS: dict[str, dict] = {
             "head_convs": 2,
             "separable_head": True,
             "group_norm": True,
-            "trainable_stages": 3,
+            "trainable_stages": 4,
             "anchor_strides": [8, 16, 32],
             "anchor_sizes": [12, 32, 80],
             "anchor_ratios": [1.0, 1.5, 2.5],

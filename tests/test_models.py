@@ -116,6 +116,10 @@ def test_mobilenet_imagenet_weights_load_offline_and_freezing():
     assert torch.equal(first_conv, reference["features.0.0.weight"])
     trainable = {n.split(".")[2] for n, p in backbone.named_parameters() if p.requires_grad}
     assert trainable == {str(i) for i in range(14, 18)}  # only the stride-32 stage (C5 is block 17)
+    for stages, first in ((3, 4), (4, 2), (5, 0)):  # stride 8 from block 4, stride 4 from 2, the stem
+        backbone = build_backbone("mobilenet_v2", pretrained="none", trainable_stages=stages)
+        trainable = {int(n.split(".")[2]) for n, p in backbone.named_parameters() if p.requires_grad}
+        assert trainable == set(range(first, 18)), stages
 
 
 def test_bad_backbone_options():

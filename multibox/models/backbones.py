@@ -161,8 +161,9 @@ def build_backbone(
         frozen_bn: BatchNorm with frozen statistics and affine parameters (``FrozenBatchNorm2d``),
             the usual choice for small detection batches, folded into the convolutions before
             them (:func:`fold_frozen_batchnorm`); False keeps ``nn.BatchNorm2d``.
-        trainable_stages: how many stages, counted from the deepest, are trained (0..5 for
-            ResNets: layer4, layer3, layer2, layer1, stem; 0..4 for MobileNetV2).
+        trainable_stages: how many stages, counted from the deepest, are trained, 0..5: the
+            stride-32, -16, -8 and -4 stages, then the stem (ResNets: layer4, layer3, layer2,
+            layer1, conv1; MobileNetV2: blocks 14-17, 7-13, 4-6, 2-3, 0-1).
     """
     if name not in BACKBONES:
         raise ValueError(f"backbone must be one of {BACKBONES}, got {name!r}")
@@ -174,7 +175,7 @@ def build_backbone(
         if pretrained == "imagenet":
             network.load_state_dict(_imagenet_state_dict(name))
         stages = ["features." + str(i) for i in range(_MOBILENET_STAGES[-1])]
-        bounds = (0, 2, *_MOBILENET_STAGES)  # stem, then the three strided stages
+        bounds = (0, 2, 4, *_MOBILENET_STAGES)  # stem, then the stride-4, -8, -16 and -32 stages
         blocks = [stages[a:b] for a, b in pairwise(bounds)][::-1]
         _freeze(network, [p + "." for group in blocks[:trainable_stages] for p in group])
         if frozen_bn:
