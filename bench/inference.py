@@ -10,29 +10,16 @@ script first checks that both return the same detections.
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 from _timing import canonical, compare, machine, report
-from train_step import MEMORY_FORMATS, build_pair
+from train_step import pair_from_arguments
 
 from multibox.coding import DeltaCoder
 from multibox.postprocess import postprocess
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--classes", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument(
-        "--memory-format", choices=list(MEMORY_FORMATS), default="channels_last", help="multibox's side"
-    )
-    args = parser.parse_args()
-    device = torch.device(args.device)
-    memory_format = MEMORY_FORMATS[args.memory_format]
-    ours, theirs = build_pair(args.classes, args.size, device, memory_format)
+    args, device, memory_format, ours, theirs = pair_from_arguments(__doc__, repeats=10)
     with torch.no_grad():  # candidates above the score threshold, spread over classes and levels
         gen = torch.Generator().manual_seed(2)
         bias = theirs.head.classification_head.cls_logits.bias

@@ -53,12 +53,15 @@ def make_batch(batch: int, size: int, classes: int, device: torch.device):
     return images.to(device), targets
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=2)
+def pair_from_arguments(doc: str, repeats: int, batch: bool = False):
+    """Parse the shared options (size, classes, repeats, device, memory format; ``--batch`` if
+    asked) and build the model pair: ``(args, device, memory_format, ours, theirs)``."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if batch:
+        parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--classes", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=repeats)
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--memory-format", choices=list(MEMORY_FORMATS), default="channels_last", help="multibox's side"
@@ -66,7 +69,11 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     memory_format = MEMORY_FORMATS[args.memory_format]
-    ours, theirs = build_pair(args.classes, args.size, device, memory_format)
+    return args, device, memory_format, *build_pair(args.classes, args.size, device, memory_format)
+
+
+def main() -> None:
+    args, device, memory_format, ours, theirs = pair_from_arguments(__doc__, repeats=5, batch=True)
     images, targets = make_batch(args.batch, args.size, args.classes, device)
     anchors = ours.anchors((args.size, args.size)).to(device)
     criterion = RetinaNetCriterion(normalize="image")
