@@ -53,6 +53,8 @@ class ModelConfig:
     head_convs: int = 4
     group_norm: bool = False
     separable_head: bool = False
+    separable_predictors: bool = False
+    separable_fpn: bool = False
     p6_from: str = "c5"
     frozen_bn: bool = True
     trainable_stages: int = 3
@@ -166,7 +168,7 @@ PRESETS: dict[str, dict] = {
             "head_convs": 2,
             "separable_head": True,
             "group_norm": True,
-            "trainable_stages": 4,
+            "trainable_stages": 3,
             "anchor_strides": [8, 16, 32],
             "anchor_sizes": [12, 32, 80],
             "anchor_ratios": [1.0, 1.5, 2.5],
@@ -271,7 +273,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except FileNotFoundError:
-            raise ConfigError(f"{path}: configuration file not found (presets: {', '.join(PRESETS)})") from None
+            close = difflib.get_close_matches(path.stem, list(PRESETS), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"{path}: configuration file not found (presets: {', '.join(PRESETS)}){hint}") from None
         except yaml.YAMLError as error:
             raise ConfigError(f"{path}: not valid YAML ({error})") from None
         if not isinstance(data, dict):

@@ -215,6 +215,7 @@ def test_optimizer_groups_discriminative_rates_and_decay(digits, tmp_path):
         group = group_of[id(parameter)]
         assert group["lr"] == pytest.approx(0.001 if name.startswith("backbone.body.") else 0.01), name
         assert group["weight_decay"] == (0.0 if name.endswith(".bias") or parameter.ndim == 1 else 0.001), name
+    assert optimizer.defaults["fused"]  # one kernel per step on CPU and CUDA
 
 
 def test_lr_finder_analysis_and_sweep(digits, tmp_path):

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 import torchvision
@@ -150,6 +152,30 @@ def test_three_level_pyramid_with_a_separable_head():
         RetinaNet(4, pretrained="none", anchors=AnchorConfig(strides=(8, 16), sizes=(16, 32)))
 
 
+def test_separable_fpn_and_predictors_keep_shapes_names_and_prior():
+    anchors = AnchorConfig(strides=(8, 16, 32), sizes=(16, 48, 128))
+    options = dict(backbone="mobilenet_v2", pretrained="none", fpn_channels=32, head_convs=2, anchors=anchors)
+    torch.manual_seed(0)
+    dense = RetinaNet(3, **options).eval()
+    light = RetinaNet(3, **options, separable_fpn=True, separable_predictors=True).eval()
+    images = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        expected, got = dense(images), light(images)
+    assert got.cls_logits.shape == expected.cls_logits.shape and got.box_deltas.shape == expected.box_deltas.shape
+    # every 3x3 conv of the FPN outputs and the predictors is depthwise, followed by a 1x1
+    for block in light.backbone.fpn.layer_blocks:
+        depthwise, pointwise = block[0]
+        assert depthwise.groups == 32 and depthwise.kernel_size == (3, 3) and pointwise.kernel_size == (1, 1)
+    cls_out = light.head.classification_head.out
+    assert cls_out.kernel_size == (1, 1) and cls_out.out_channels == 9 * 3
+    assert torch.allclose(cls_out.bias, torch.full_like(cls_out.bias, -math.log(99)))
+    # the prior holds at initialisation: every anchor starts near probability 0.01
+    assert float(torch.sigmoid(got.cls_logits).mean()) == pytest.approx(0.01, abs=2e-3)
+    assert 0 < float(got.box_deltas.std()) < 1
+    names = {n.rsplit(".", 2)[0] for n, _ in light.named_parameters()}
+    assert {"head.classification_head.cls_logits", "head.regression_head.bbox_reg"} <= names
+
+
 def test_separable_head_keeps_the_signal():
     model = RetinaNet(
         4,
@@ -164,3 +190,26 @@ def test_separable_head_keeps_the_signal():
     with torch.no_grad():
         tower = model.head.classification_head.conv(features[0])
     assert 0.1 < float(tower.std()) < 10  # not shrunk to nothing by the initialisation
+
+
+def test_mobilenet_runs_its_frozen_high_resolution_blocks_image_by_image(monkeypatch):
+    import multibox.models.backbones as backbones
+
+    torch.manual_seed(0)
+    body = build_backbone("mobilenet_v2", pretrained="none", trainable_stages=3).body.train()
+    images = torch.randn(3, 3, 64, 64)
+    assert body._image_by_image(images) == 4  # stem and stride-4 stage: frozen, folded BatchNorm
+    sliced = body(images)
+    with torch.no_grad():
+        assert body._image_by_image(images) == 4
+    assert build_backbone("mobilenet_v2", "none", trainable_stages=5).body._image_by_image(images) == 0
+    assert body._image_by_image(images[:1]) == 0
+    # BatchNorm in training mode normalises over the batch: never split
+    batch_norm = build_backbone("mobilenet_v2", "none", frozen_bn=False, trainable_stages=3).body.train()
+    assert batch_norm._image_by_image(images) == 0
+    monkeypatch.setattr(backbones, "_MOBILENET_STAGES_BEFORE_C3", 0)
+    assert body._image_by_image(images) == 0
+    whole = body(images)
+    for key in whole:
+        assert torch.allclose(sliced[key], whole[key], atol=1e-5), key
+    assert sliced["2"].requires_grad  # the trained blocks after the split still get gradients

@@ -32,6 +32,7 @@ _RESNET_WEIGHTS = {
 # the digit scenes: 61% zeros at ImageNet init, 98% zeros and 2% saturated at 6 after 1,000
 # AdamW steps, so P5 lost all spatial information and large objects were never classified).
 _MOBILENET_STAGES = (7, 14, 18)
+_MOBILENET_STAGES_BEFORE_C3 = 4  # the stem (blocks 0-1) and the stride-4 stage (2-3): the largest activations
 
 
 class Backbone(nn.Module):
@@ -52,12 +53,35 @@ class Backbone(nn.Module):
 
 
 class _MobileNetStages(nn.Module):
+    """MobileNetV2's blocks, returning C3, C4 and C5.
+
+    On CPU, the leading blocks that need no gradient (frozen, or under ``torch.no_grad``),
+    among the stem and the stride-4 stage, run one image at a time: their expanded
+    activations (96 channels at half the input size) then stay in the CPU's cache instead of
+    streaming a whole batch through memory, which halves their time on 2 cores. Each image's
+    result is the same as in a batch (no batch statistics in these blocks).
+    """
+
     def __init__(self, features: nn.Sequential):
         super().__init__()
         self.features = features
 
+    def _image_by_image(self, x: Tensor) -> int:
+        """How many leading blocks (at most the stem and stride-4 stage) to run image by image."""
+        if x.device.type != "cpu" or len(x) < 2 or (torch.is_grad_enabled() and x.requires_grad):
+            return 0
+        count = 0
+        for block in self.features[:_MOBILENET_STAGES_BEFORE_C3]:
+            trains = torch.is_grad_enabled() and any(p.requires_grad for p in block.parameters())
+            if trains or any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in block.modules()):
+                break
+            count += 1
+        return count
+
     def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
-        out, start = OrderedDict(), 0
+        out, start = OrderedDict(), self._image_by_image(x)
+        if start:
+            x = torch.cat([self.features[:start](image) for image in x.split(1)])
         for key, stop in enumerate(_MOBILENET_STAGES):
             for block in self.features[start:stop]:
                 x = block(x)

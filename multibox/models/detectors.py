@@ -49,6 +49,8 @@ class RetinaNet(nn.Module):
         p6_from: ``"c5"`` (the paper) or ``"p5"`` (torchvision's ``retinanet_resnet50_fpn``).
         frozen_bn, trainable_stages: backbone options.
         separable_head: depthwise-separable tower convs in the head (for CPUs).
+        separable_predictors: depthwise-separable final convs of the head.
+        separable_fpn: depthwise-separable FPN output convs.
 
     The number of anchor strides picks the pyramid: five (P3-P7) or three (P3-P5).
     """
@@ -66,17 +68,20 @@ class RetinaNet(nn.Module):
         frozen_bn: bool = True,
         trainable_stages: int = 3,
         separable_head: bool = False,
+        separable_predictors: bool = False,
+        separable_fpn: bool = False,
     ):
         super().__init__()
         levels = len(anchors.strides)
         if levels not in (3, 5) or len(anchors.sizes) != levels:
             raise ValueError("anchors need five strides and sizes (P3-P7) or three (P3-P5), one size per stride")
         body = build_backbone(backbone, pretrained, frozen_bn, trainable_stages)
-        fpn = retinanet_fpn(body.out_channels, fpn_channels, p6_from, levels)
+        fpn = retinanet_fpn(body.out_channels, fpn_channels, p6_from, levels, separable_fpn)
         self.backbone = FeatureExtractor(body.body, fpn, fpn_channels)
         self.head = RetinaNetHead(
-            fpn_channels, anchors.per_location, num_classes, head_convs, group_norm, separable=separable_head
-        )
+            fpn_channels, anchors.per_location, num_classes, head_convs, group_norm,
+            separable=separable_head, separable_predictor=separable_predictors,
+        )  # fmt: skip
         self.num_classes = num_classes
         self.anchor_config = anchors
 

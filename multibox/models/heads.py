@@ -39,6 +39,15 @@ def _subnet(channels: int, num_convs: int, group_norm: bool, separable: bool = F
     return nn.Sequential(*convs)
 
 
+def _separable_predictor(channels: int, outputs: int) -> nn.Sequential:
+    """A 3x3 predictor factorised as depthwise 3x3 then pointwise 1x1, no activation between
+    (SSDLite, EfficientDet): a dense 3x3 conv to ``A * K`` outputs is the costliest layer of a
+    light head on the finest level."""
+    depthwise = nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False)
+    nn.init.kaiming_normal_(depthwise.weight, nonlinearity="linear")  # keeps the tower's scale
+    return nn.Sequential(depthwise, nn.Conv2d(channels, outputs, 1))
+
+
 class _Branch(nn.Module):
     def __init__(
         self,
@@ -49,22 +58,29 @@ class _Branch(nn.Module):
         group_norm: bool,
         out_name: str,
         separable: bool = False,
+        separable_predictor: bool = False,
     ):
         super().__init__()
         self.conv = _subnet(channels, num_convs, group_norm, separable)
         self.out_name = out_name
-        setattr(self, out_name, nn.Conv2d(channels, num_anchors * outputs_per_anchor, 3, padding=1))
+        outputs = num_anchors * outputs_per_anchor
+        if separable_predictor:
+            setattr(self, out_name, _separable_predictor(channels, outputs))
+        else:
+            setattr(self, out_name, nn.Conv2d(channels, outputs, 3, padding=1))
         nn.init.normal_(self.out.weight, std=0.01)
         self.outputs_per_anchor = outputs_per_anchor
 
     @property
     def out(self) -> nn.Conv2d:
-        return getattr(self, self.out_name)
+        """The convolution that gives the outputs (the pointwise one of a separable predictor)."""
+        layer = getattr(self, self.out_name)
+        return layer[-1] if isinstance(layer, nn.Sequential) else layer
 
     def forward(self, features: list[Tensor]) -> Tensor:
         per_level = []
         for x in features:
-            y = self.out(self.conv(x))  # [B, A * K, H, W]
+            y = getattr(self, self.out_name)(self.conv(x))  # [B, A * K, H, W]
             b, _, h, w = y.shape
             # -> [B, H * W * A, K]: row, column, then anchor type, as the anchors are ordered
             per_level.append(
@@ -79,7 +95,8 @@ class RetinaNetHead(nn.Module):
     """Two subnets of ``num_convs`` 3x3 conv + ReLU (optionally GroupNorm), not shared between
     the tasks, shared across levels; final convs ``A * K`` and ``A * 4``.
 
-    ``separable=True`` makes each tower conv depthwise 3x3 + pointwise 1x1, for CPUs.
+    ``separable=True`` makes each tower conv depthwise 3x3 + pointwise 1x1, for CPUs;
+    ``separable_predictor=True`` factorises the final convs the same way.
     Weights are drawn from N(0, 0.01); the class bias is ``-log((1 - prior) / prior)``, so that
     every anchor starts at probability ``prior`` (Lin et al. 2017). Module names follow
     torchvision's ``RetinaNetHead``.
@@ -94,13 +111,15 @@ class RetinaNetHead(nn.Module):
         group_norm: bool = False,
         prior: float = 0.01,
         separable: bool = False,
+        separable_predictor: bool = False,
     ):
         super().__init__()
-        self.classification_head = _Branch(
-            in_channels, num_classes, num_anchors, num_convs, group_norm, "cls_logits", separable
-        )
+        branch = partial(_Branch, in_channels, num_anchors=num_anchors, num_convs=num_convs, group_norm=group_norm)
+        self.classification_head = branch(num_classes, out_name="cls_logits", separable=separable,
+                                          separable_predictor=separable_predictor)  # fmt: skip
         nn.init.constant_(self.classification_head.out.bias, -math.log((1 - prior) / prior))
-        self.regression_head = _Branch(in_channels, 4, num_anchors, num_convs, group_norm, "bbox_reg", separable)
+        self.regression_head = branch(4, out_name="bbox_reg", separable=separable,
+                                      separable_predictor=separable_predictor)  # fmt: skip
         nn.init.zeros_(self.regression_head.out.bias)
 
     def forward(self, features: list[Tensor]) -> tuple[Tensor, Tensor]:
