@@ -24,6 +24,7 @@ def _add_subcommands() -> None:
     app.command(name="lr-find")(cli_run.lr_find)
     app.command(name="eval")(cli_run.evaluate)
     app.command(name="predict")(cli_run.predict)
+    app.command(name="anchors")(cli_run.anchors)
 
 
 def _version(value: bool) -> None:
@@ -45,6 +46,7 @@ def _main(
       multibox lr-find --config cpu_digits --steps 80
       multibox eval --weights runs/digits/best.pt --data data/digits --split val
       multibox predict --weights runs/digits/best.pt photos/ --out runs/predict
+      multibox anchors --data data/digits --preset retinanet_r50_fpn --image-size 256
     """
 
 

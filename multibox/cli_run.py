@@ -1,4 +1,4 @@
-"""``multibox train | lr-find | eval | predict``."""
+"""``multibox train | lr-find | eval | predict | anchors``."""
 
 from __future__ import annotations
 
@@ -165,3 +165,65 @@ def predict(
     atomic_write_text(out / "predictions.json", json.dumps(results))
     atomic_write_text(out / "images.json", json.dumps(images))
     typer.echo(f"{len(paths)} images, {len(results)} detections: {out}")
+
+
+def anchors(
+    data: Path = typer.Option(..., help="dataset (any format)"),
+    preset: str = typer.Option("cpu_digits", help="preset name or YAML recipe whose anchors are checked"),
+    image_size: int | None = typer.Option(None, help="square network input size (default: the preset's)"),
+    split: str = typer.Option("train", help="split whose boxes are checked"),
+    out: Path = typer.Option(Path("runs/anchors"), help="folder for anchors.json and anchors_missed.png"),
+) -> None:
+    """Anchor doctor: can every object be matched? Coverage by size, missed boxes, fitted anchors.
+
+    For each ground-truth box (resized as the network sees it): does its best anchor reach IoU 0.5
+    (and 0.4), and how many positive anchors does it get; a picture of boxes no anchor catches;
+    anchor sizes and ratios fitted with k-means, with the same table and the overrides to use them.
+
+    Example: multibox anchors --data data/digits --preset retinanet_r50_fpn --image-size 256
+    """
+    from .anchor_doctor import anchor_coverage, draw_missed, suggest_anchors
+    from .config import load_config
+    from .data import load_dataset
+    from .data.io import atomic_write_text
+    from .models import AnchorConfig
+
+    try:
+        config = load_config(preset, [])
+        size = (image_size, image_size) if image_size else tuple(config.train.image_size)
+        dataset, _ = load_dataset(data, split, config.data.format)
+        m, t = config.model, config.train
+        current = AnchorConfig(tuple(m.anchor_strides), tuple(m.anchor_sizes), tuple(m.anchor_scales),
+                               tuple(m.anchor_ratios))  # fmt: skip
+        coverage = anchor_coverage(dataset, current, size, t.resize, t.pos_iou, t.neg_iou)
+        fitted = suggest_anchors(dataset, current, size, t.resize, t.pos_iou)
+        suggested = anchor_coverage(dataset, fitted, size, t.resize, t.pos_iou, t.neg_iou)
+    except (ConfigError, DataError, ValueError) as error:
+        _fail(error)
+    out.mkdir(parents=True, exist_ok=True)
+    picture = out / "anchors_missed.png"
+    drawn = draw_missed(coverage, dataset, size, t.resize, picture)
+    overrides = f"model.anchor_sizes=[{', '.join(f'{s:g}' for s in fitted.sizes)}] " + (
+        f"model.anchor_ratios=[{', '.join(f'{r:g}' for r in fitted.ratios)}]"
+    )
+    report = {
+        "data": str(data),
+        "split": split,
+        "preset": preset,
+        "image_size": list(size),
+        "resize": t.resize,
+        "current": coverage.to_dict(dataset),
+        "suggested": {**suggested.to_dict(dataset), "overrides": overrides},
+    }
+    atomic_write_text(out / "anchors.json", json.dumps(report, indent=2))
+    pos = f"IoU>={t.pos_iou:g}"
+    boxes = len(coverage.boxes)
+    typer.echo(f"{data} ({split}): {len(dataset.records)} images, {boxes} boxes at input {size[0]}x{size[1]}")
+    typer.echo(f"\n{preset}:\n{coverage.table()}")
+    typer.echo(f"{len(coverage.missed())} boxes have no anchor at {pos}" + (f" (worst: {picture})" if drawn else ""))
+    typer.echo(f"\nfitted (k-means):\n{suggested.table()}")
+    if suggested.matched > coverage.matched:
+        typer.echo(f"{pos}: {coverage.matched:.1%} -> {suggested.matched:.1%}; to use them: {overrides}")
+    else:
+        typer.echo(f"{pos}: fitted {suggested.matched:.1%}, {preset}'s {coverage.matched:.1%}: keep the preset's")
+    typer.echo(f"written: {out / 'anchors.json'}")

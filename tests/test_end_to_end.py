@@ -95,3 +95,31 @@ def test_train_lr_find_eval_predict_in_every_format(source, fmt, tmp_path):
     found = json.loads((out / "predictions.json").read_text())
     assert found and all(0 <= d["bbox"][0] and d["bbox"][0] + d["bbox"][2] <= 2400 for d in found)
     assert max(d["bbox"][0] + d["bbox"][2] for d in found) > 96  # mapped back to the original pixels
+
+
+@pytest.mark.parametrize("fmt", ["voc", "coco", "yolo", "csv"])
+def test_anchor_doctor_in_every_format(source, fmt, tmp_path):
+    from multibox.anchor_doctor import anchor_coverage
+    from multibox.models import AnchorConfig
+
+    data = source if fmt == "voc" else tmp_path / fmt
+    if fmt != "voc":
+        convert(source, data, fmt)
+    out = tmp_path / "doctor"
+    result = CliRunner().invoke(
+        app, ["anchors", "--data", str(data), "--preset", "retinanet_r50_fpn", "--image-size", "96", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "fitted (k-means)" in result.output and "IoU>=0.5" in result.output
+    report = json.loads((out / "anchors.json").read_text())
+    # the same boxes in every format: the VOC source's coverage, to one box (YOLO stores rounded coordinates)
+    voc, _ = load_dataset(source, "train")
+    paper = AnchorConfig(**report["current"]["anchors"])
+    expected = anchor_coverage(voc, paper, (96, 96), "minmax")
+    for got, want in zip(report["current"]["rows"], expected.rows, strict=True):
+        assert got["count"] == want["count"]
+        if want["count"]:
+            assert got["iou>=0.5"] == pytest.approx(want["iou>=0.5"], abs=1.01 / want["count"])
+    assert report["suggested"]["rows"][-1]["iou>=0.5"] > report["current"]["rows"][-1]["iou>=0.5"]
+    assert report["suggested"]["overrides"].startswith("model.anchor_sizes=[")
+    assert (out / "anchors_missed.png").is_file()  # the 300 tiny boxes of the crowded image are missed

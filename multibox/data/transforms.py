@@ -25,8 +25,10 @@ __all__ = [
     "Augment",
     "MinMaxResize",
     "Sample",
+    "boxes_to_input",
     "boxes_to_original",
     "build_transform",
+    "input_size_of",
     "iou_crop",
     "mosaic",
     "zoom_out",
@@ -276,6 +278,29 @@ class _Pipeline:
         for step in self.steps:
             sample = step(sample, rng)
         return sample
+
+
+def input_size_of(orig_size, size: tuple[int, int], resize: str, min_size: int | None = None,
+                  max_size: int | None = None) -> tuple[int, int]:  # fmt: skip
+    """``(height, width)`` of the network input made from an image of ``orig_size`` by the
+    evaluation pipeline: ``size`` for ``squish`` and ``letterbox``; for ``minmax``, the image
+    scaled as :class:`MinMaxResize` scales it."""
+    if resize != "minmax":
+        return int(size[0]), int(size[1])
+    h, w = (int(v) for v in orig_size)
+    scale = min((min_size or min(size)) / min(h, w), (max_size or max(size)) / max(h, w))
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def boxes_to_input(boxes: torch.Tensor, orig_size, input_size, resize: str) -> torch.Tensor:
+    """xyxy boxes ``[N, 4]`` in pixels of the original image -> network-input pixels after
+    ``resize``: the inverse of :func:`boxes_to_original` for boxes inside the image."""
+    (h0, w0), (h1, w1) = (int(v) for v in orig_size), (int(v) for v in input_size)
+    if resize == "letterbox":
+        scale = min(h1 / h0, w1 / w0)
+        pad_x, pad_y = (w1 - round(w0 * scale)) // 2, (h1 - round(h0 * scale)) // 2
+        return boxes * scale + boxes.new_tensor([pad_x, pad_y, pad_x, pad_y])
+    return boxes * boxes.new_tensor([w1 / w0, h1 / h0, w1 / w0, h1 / h0])
 
 
 def boxes_to_original(boxes: torch.Tensor, orig_size, input_size, resize: str) -> torch.Tensor:

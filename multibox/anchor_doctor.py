@@ -1,0 +1,315 @@
+"""The anchor doctor: can every object be matched by an anchor?
+
+A detector only learns an object if some anchor overlaps it enough to be a positive (IoU >= 0.5
+for RetinaNet). :func:`anchor_coverage` measures, on a dataset as the network sees it (boxes
+resized like the evaluation pipeline), how many ground-truth boxes have a best anchor reaching
+IoU 0.5 (and 0.4), by object size, how many positives each object gets, and which boxes no
+anchor can catch. :func:`suggest_anchors` fits anchor sizes and aspect ratios to the boxes with
+k-means, keeping the model's pyramid (strides and octave scales).
+
+    coverage = anchor_coverage(train_set, AnchorConfig(...), image_size=(256, 256))
+    print(coverage.table())
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .anchors import pyramid_anchors
+from .boxes import box_iou
+from .data.io import read_image, write_image
+from .data.records import DetectionSet
+from .data.transforms import Augment, boxes_to_input, build_transform, input_size_of
+from .models.detectors import AnchorConfig
+
+__all__ = ["SIZE_BUCKETS", "Coverage", "anchor_coverage", "draw_missed", "suggest_anchors"]
+
+# COCO's object sizes by area, here in network-input pixels (what the anchors see)
+SIZE_BUCKETS = (("small", 0.0, 32.0**2), ("medium", 32.0**2, 96.0**2), ("large", 96.0**2, math.inf))
+
+_CHUNK = 256  # boxes per IoU block (256 x 49,104 anchors of a 512 input: 100 MB in float64)
+
+
+def _mean(values: Tensor) -> float | None:
+    return float(values.float().mean()) if values.numel() else None
+
+
+@dataclass
+class Coverage:
+    """Per ground-truth box: its best anchor's IoU, its count of positive anchors, where it is.
+
+    Attributes:
+        anchors: the anchor settings measured.
+        pos_iou, neg_iou: the matcher's thresholds.
+        best_iou: ``[N]`` highest IoU of each box with any anchor.
+        best_anchor: ``[N, 4]`` that anchor (xyxy, input pixels).
+        positives: ``[N]`` anchors with IoU >= ``pos_iou``.
+        boxes: ``[N, 4]`` the boxes in input pixels.
+        images: ``[N]`` index of each box's record in the dataset.
+    """
+
+    anchors: AnchorConfig
+    pos_iou: float
+    neg_iou: float
+    best_iou: Tensor
+    best_anchor: Tensor
+    positives: Tensor
+    boxes: Tensor
+    images: Tensor
+    rows: list[dict] = field(init=False)
+
+    def __post_init__(self) -> None:
+        wh = (self.boxes[:, 2:] - self.boxes[:, :2]).clamp(min=0)
+        area = wh[:, 0] * wh[:, 1]
+        self.rows = []
+        for name, low, high in (*SIZE_BUCKETS, ("all", 0.0, math.inf)):
+            inside = (area >= low) & (area < high)
+            self.rows.append(
+                {
+                    "objects": name,
+                    "count": int(inside.sum()),
+                    f"iou>={self.pos_iou:g}": _mean(self.best_iou[inside] >= self.pos_iou),
+                    f"iou>={self.neg_iou:g}": _mean(self.best_iou[inside] >= self.neg_iou),
+                    "positives_per_object": _mean(self.positives[inside]),
+                    "no_positive": int((self.positives[inside] == 0).sum()),
+                }
+            )
+
+    @property
+    def matched(self) -> float:
+        """Fraction of all boxes whose best anchor reaches ``pos_iou`` (the headline figure)."""
+        return self.rows[-1][f"iou>={self.pos_iou:g}"] or 0.0
+
+    def missed(self, limit: int | None = None) -> list[int]:
+        """Indices of the boxes no anchor reaches ``pos_iou`` on, worst first."""
+        order = torch.argsort(self.best_iou, stable=True)
+        order = order[self.best_iou[order] < self.pos_iou]
+        return order[:limit].tolist()
+
+    def table(self) -> str:
+        """The coverage table as aligned text."""
+        c = self.anchors
+        lines = [
+            f"anchors: strides {list(c.strides)}, sizes {[round(s, 1) for s in c.sizes]}, "
+            f"scales {[round(s, 3) for s in c.scales]}, ratios (h/w) {[round(r, 2) for r in c.ratios]}",
+            f"{'objects':<8} {'count':>7} {'IoU>=' + format(self.pos_iou, 'g'):>9} "
+            f"{'IoU>=' + format(self.neg_iou, 'g'):>9} {'positives':>10} {'none':>6}",
+        ]
+        for row in self.rows:
+            if row["count"] == 0:
+                lines.append(f"{row['objects']:<8} {0:>7} {'-':>9} {'-':>9} {'-':>10} {0:>6}")
+                continue
+            lines.append(
+                f"{row['objects']:<8} {row['count']:>7} {row[f'iou>={self.pos_iou:g}']:>9.1%} "
+                f"{row[f'iou>={self.neg_iou:g}']:>9.1%} {row['positives_per_object']:>10.2f} {row['no_positive']:>6}"
+            )
+        return "\n".join(lines)
+
+    def to_dict(self, dataset: DetectionSet | None = None, limit: int = 50) -> dict:
+        """JSON-ready: the settings, the table rows and up to ``limit`` missed boxes."""
+        missed = []
+        for i in self.missed(limit):
+            entry = {
+                "image": int(self.images[i]),
+                "box": [round(float(v), 2) for v in self.boxes[i]],
+                "best_iou": round(float(self.best_iou[i]), 4),
+                "best_anchor": [round(float(v), 2) for v in self.best_anchor[i]],
+            }
+            if dataset is not None:
+                entry["image"] = str(dataset.records[entry["image"]].image_path)
+            missed.append(entry)
+        c = self.anchors
+        settings = {"strides": c.strides, "sizes": c.sizes, "scales": c.scales, "ratios": c.ratios}
+        return {
+            "anchors": {key: list(value) for key, value in settings.items()},
+            "rows": self.rows,
+            "missed": missed,
+        }
+
+
+def _input_boxes(data: DetectionSet, image_size: Sequence[int], resize: str):
+    """Per network-input size: the boxes of every record in input pixels and their record indices."""
+    groups: dict[tuple[int, int], tuple[list[Tensor], list[Tensor]]] = {}
+    for index, record in enumerate(data.records):
+        if len(record.boxes) == 0:
+            continue
+        orig = (record.height, record.width)
+        size = input_size_of(orig, (int(image_size[0]), int(image_size[1])), resize)
+        boxes = boxes_to_input(torch.from_numpy(record.boxes).double(), orig, size, resize)
+        group = groups.setdefault(size, ([], []))
+        group[0].append(boxes)
+        group[1].append(torch.full((len(boxes),), index))
+    return {size: (torch.cat(b), torch.cat(i)) for size, (b, i) in groups.items()}
+
+
+def _match_quality(groups: dict, anchors: AnchorConfig, pos_iou: float):
+    """Best IoU, best anchor and positive count of every box of ``groups`` (see :func:`_input_boxes`)."""
+    best_iou, best_anchor, positives = [], [], []
+    for size, (boxes, _) in groups.items():
+        grid = pyramid_anchors(size, anchors.strides, anchors.sizes, anchors.scales, anchors.ratios).double()
+        for start in range(0, len(boxes), _CHUNK):
+            iou = box_iou(boxes[start : start + _CHUNK], grid)  # [n, A]
+            value, where = iou.max(dim=1)
+            best_iou.append(value.float())
+            best_anchor.append(grid[where].float())
+            positives.append((iou >= pos_iou).sum(dim=1))
+    return torch.cat(best_iou), torch.cat(best_anchor), torch.cat(positives)
+
+
+def _check(pos_iou: float, neg_iou: float, groups: dict) -> None:
+    if not 0 < neg_iou <= pos_iou <= 1:
+        raise ValueError(f"need 0 < neg_iou <= pos_iou <= 1, got {neg_iou} and {pos_iou}")
+    if not groups:
+        raise ValueError("the dataset has no boxes: there is nothing for anchors to cover")
+
+
+def anchor_coverage(
+    data: DetectionSet,
+    anchors: AnchorConfig,
+    image_size: Sequence[int],
+    resize: str = "squish",
+    pos_iou: float = 0.5,
+    neg_iou: float = 0.4,
+) -> Coverage:
+    """How well ``anchors`` cover the boxes of ``data`` at network input ``image_size``.
+
+    Every box is mapped to input pixels as the evaluation pipeline resizes its image
+    (``resize``: squish, letterbox or minmax), then compared with every anchor of that
+    input size (exact IoU, anchors at their grid positions, not only their shapes).
+    """
+    groups = _input_boxes(data, image_size, resize)
+    _check(pos_iou, neg_iou, groups)
+    best_iou, best_anchor, positives = _match_quality(groups, anchors, pos_iou)
+    boxes = torch.cat([b for b, _ in groups.values()]).float()
+    images = torch.cat([i for _, i in groups.values()])
+    return Coverage(anchors, pos_iou, neg_iou, best_iou, best_anchor, positives, boxes, images)
+
+
+def _kmeans_1d(values: Tensor, k: int, iters: int = 100) -> Tensor:
+    """``k`` sorted centres of 1-D ``values`` (Lloyd's algorithm from the quantiles; deterministic)."""
+    values = values.double().sort().values
+    centres = torch.quantile(values, (torch.arange(k, dtype=torch.float64) + 0.5) / k)
+    for _ in range(iters):
+        assign = (values[:, None] - centres[None]).abs().argmin(dim=1)
+        sums = torch.zeros(k, dtype=torch.float64).index_add_(0, assign, values)
+        counts = torch.bincount(assign, minlength=k)
+        updated = torch.where(counts > 0, sums / counts.clamp(min=1), centres)
+        if torch.allclose(updated, centres):
+            break
+        centres = updated
+    return centres.sort().values
+
+
+def _sample(groups: dict, limit: int, seed: int) -> dict:
+    """At most ``limit`` boxes of ``groups``, drawn at random (seeded) across all input sizes."""
+    total = sum(len(b) for b, _ in groups.values())
+    if total <= limit:
+        return groups
+    keep = torch.zeros(total, dtype=torch.bool)
+    keep[torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:limit]] = True
+    sampled, start = {}, 0
+    for size, (boxes, index) in groups.items():
+        mask = keep[start : start + len(boxes)]
+        start += len(boxes)
+        if mask.any():
+            sampled[size] = (boxes[mask], index[mask])
+    return sampled
+
+
+def suggest_anchors(
+    data: DetectionSet,
+    anchors: AnchorConfig,
+    image_size: Sequence[int],
+    resize: str = "squish",
+    pos_iou: float = 0.5,
+    sample: int = 2000,
+    seed: int = 0,
+) -> AnchorConfig:
+    """Anchor sizes and aspect ratios fitted to the boxes of ``data``; strides and scales kept.
+
+    Ratios (h / w): k-means on the boxes' log aspect ratios, one centre per ratio of
+    ``anchors``. Sizes: k-means on the boxes' log sizes ``sqrt(w * h)`` with one centre per
+    level for the ``n`` finest levels, each centre the level's middle octave scale; coarser
+    levels double the size per level (the paper's spacing). Objects too few or too small for
+    the coarse levels' strides would put anchors where their grid cannot place them, so every
+    ``n`` from 1 to the number of levels is tried and the fit whose best anchors reach
+    ``pos_iou`` for the most boxes (of a seeded sample of ``sample``) is returned.
+    """
+    groups = _input_boxes(data, image_size, resize)
+    _check(pos_iou, pos_iou, groups)
+    boxes = torch.cat([b for b, _ in groups.values()])
+    wh = boxes[:, 2:] - boxes[:, :2]
+    wh = wh[(wh > 0).all(dim=1)]
+    levels = len(anchors.strides)
+    if len(wh) < max(levels, len(anchors.ratios)):
+        raise ValueError(f"need at least {max(levels, len(anchors.ratios))} boxes to fit anchors, got {len(wh)}")
+    ratios = tuple(round(float(r), 2) for r in _kmeans_1d(torch.log(wh[:, 1] / wh[:, 0]), len(anchors.ratios)).exp())
+    middle = math.exp(float(np.mean(np.log(anchors.scales))))  # geometric mean of the octave scales
+    log_sizes = 0.5 * torch.log(wh[:, 0] * wh[:, 1])
+    subset = _sample(groups, sample, seed)
+    best, best_score = None, -1.0
+    for active in range(1, levels + 1):
+        fitted = [float(s) for s in _kmeans_1d(log_sizes, active).exp() / middle]
+        sizes = fitted + [fitted[-1] * 2.0 ** (i + 1) for i in range(levels - active)]
+        candidate = AnchorConfig(
+            tuple(anchors.strides), tuple(round(s, 1) for s in sizes), tuple(anchors.scales), ratios
+        )
+        score = float((_match_quality(subset, candidate, pos_iou)[0] >= pos_iou).float().mean())
+        if score > best_score:
+            best, best_score = candidate, score
+    return best
+
+
+_MISSED, _ANCHOR = (230, 40, 40), (250, 210, 0)
+
+
+def draw_missed(
+    coverage: Coverage, data: DetectionSet, image_size: Sequence[int], resize: str, path, limit: int = 8
+) -> int:
+    """Write a grid of up to ``limit`` images holding boxes no anchor catches: each such box in
+    red with its best IoU, its best anchor in yellow, on the image as the network sees it.
+    Returns the number of images drawn (0: nothing missed, no file written)."""
+    import cv2
+
+    from .viz import image_grid
+
+    missed = coverage.missed()
+    chosen: list[int] = []
+    for i in missed:  # worst first, one tile per image
+        image = int(coverage.images[i])
+        if image not in chosen:
+            chosen.append(image)
+        if len(chosen) == limit:
+            break
+    if not chosen:
+        return 0
+    resize_only = build_transform(Augment("none", (int(image_size[0]), int(image_size[1])), resize), train=False)
+    tiles = []
+    for image_index in chosen:
+        record = data.records[image_index]
+        sample = (read_image(record.image_path), record.boxes, record.labels)
+        picture, _, _ = resize_only(sample, np.random.default_rng(0))
+        picture = np.ascontiguousarray(picture)
+        scale = max(1, round(256 / max(picture.shape[:2])))  # small inputs drawn larger, lines stay thin
+        if scale > 1:
+            picture = cv2.resize(picture, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+        for i in missed:
+            if int(coverage.images[i]) != image_index:
+                continue
+            for box, colour, width in ((coverage.best_anchor[i], _ANCHOR, 1), (coverage.boxes[i], _MISSED, 2)):
+                x1, y1, x2, y2 = (round(float(v) * scale) for v in box)
+                cv2.rectangle(picture, (x1, y1), (max(x1, x2 - 1), max(y1, y2 - 1)), colour, width, cv2.LINE_AA)
+            x1, y1 = (round(float(v) * scale) for v in coverage.boxes[i, :2])
+            text, origin = f"IoU {float(coverage.best_iou[i]):.2f}", (x1, max(12, y1 - 4))
+            cv2.putText(picture, text, origin, cv2.FONT_HERSHEY_SIMPLEX, 0.4, (20, 20, 20), 3, cv2.LINE_AA)
+            cv2.putText(picture, text, origin, cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+        tiles.append(picture)
+    write_image(Path(path), image_grid(tiles))
+    return len(tiles)

@@ -1,0 +1,138 @@
+"""The anchor doctor against a brute-force computation, and its fitted anchors on digit scenes."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from multibox.anchor_doctor import _kmeans_1d, anchor_coverage, draw_missed, suggest_anchors
+from multibox.anchors import pyramid_anchors
+from multibox.config import preset
+from multibox.data import DetectionSet, load_dataset
+from multibox.data.io import write_image
+from multibox.data.records import Record
+from multibox.data.synthetic import SceneConfig, synthesize_digits
+from multibox.data.transforms import boxes_to_input, boxes_to_original, input_size_of
+from multibox.models import AnchorConfig
+
+ANCHORS = AnchorConfig(strides=(8, 16), sizes=(8, 24), scales=(1.0, 1.5), ratios=(0.5, 1.0, 2.0))
+
+
+@pytest.fixture
+def scenes(tmp_path):
+    """Three images of different shapes with random boxes (one tiny), and one empty image."""
+    rng = np.random.default_rng(3)
+    records = []
+    for i, (h, w, n) in enumerate([(80, 100, 7), (64, 64, 5), (120, 50, 6), (70, 70, 0)]):
+        path = tmp_path / f"{i}.jpg"
+        write_image(path, rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+        xy = rng.uniform(0, 0.7, (n, 2)) * [w, h]
+        wh = rng.uniform(0.03, 0.5, (n, 2)) * [w, h]
+        boxes = np.concatenate([xy, np.minimum(xy + wh, [w, h])], axis=1)
+        records.append(Record(path, h, w, boxes, rng.integers(0, 3, n)))
+    return DetectionSet(records, ["a", "b", "c"])
+
+
+def _iou(a, b) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def _by_hand(record: Record, size: int, resize: str) -> tuple[list[list[float]], tuple[int, int]]:
+    """Boxes of ``record`` in input pixels, and the input size, computed from the definitions."""
+    h, w = record.height, record.width
+    if resize == "squish":
+        return [[x1 * size / w, y1 * size / h, x2 * size / w, y2 * size / h] for x1, y1, x2, y2 in record.boxes], (
+            size,
+            size,
+        )
+    if resize == "letterbox":
+        s = min(size / h, size / w)
+        px, py = (size - round(w * s)) // 2, (size - round(h * s)) // 2
+        return [[x1 * s + px, y1 * s + py, x2 * s + px, y2 * s + py] for x1, y1, x2, y2 in record.boxes], (size, size)
+    s = size / min(h, w) if max(h, w) * size / min(h, w) <= size else size / max(h, w)  # minmax, min = max = size
+    ih, iw = round(h * s), round(w * s)
+    return [[x1 * iw / w, y1 * ih / h, x2 * iw / w, y2 * ih / h] for x1, y1, x2, y2 in record.boxes], (ih, iw)
+
+
+@pytest.mark.parametrize("resize", ["squish", "letterbox", "minmax"])
+def test_coverage_equals_a_brute_force_count(scenes, resize):
+    coverage = anchor_coverage(scenes, ANCHORS, (64, 64), resize, pos_iou=0.5, neg_iou=0.4)
+    best, positives, areas = [], [], []
+    for record in scenes.records:
+        boxes, size = _by_hand(record, 64, resize)
+        grid = pyramid_anchors(size, ANCHORS.strides, ANCHORS.sizes, ANCHORS.scales, ANCHORS.ratios).tolist()
+        for box in boxes:
+            ious = [_iou(box, anchor) for anchor in grid]
+            best.append(max(ious))
+            positives.append(sum(v >= 0.5 for v in ious))
+            areas.append((box[2] - box[0]) * (box[3] - box[1]))
+    assert coverage.best_iou.tolist() == pytest.approx(best, abs=1e-6)
+    assert coverage.positives.tolist() == positives
+    buckets = {"small": (0, 32**2), "medium": (32**2, 96**2), "large": (96**2, math.inf), "all": (0, math.inf)}
+    for row in coverage.rows:
+        low, high = buckets[row["objects"]]
+        inside = [i for i, a in enumerate(areas) if low <= a < high]
+        assert row["count"] == len(inside)
+        if inside:
+            assert row["iou>=0.5"] == pytest.approx(sum(best[i] >= 0.5 for i in inside) / len(inside))
+            assert row["iou>=0.4"] == pytest.approx(sum(best[i] >= 0.4 for i in inside) / len(inside))
+            assert row["positives_per_object"] == pytest.approx(sum(positives[i] for i in inside) / len(inside))
+            assert row["no_positive"] == sum(positives[i] == 0 for i in inside)
+    missed = coverage.missed()
+    assert sorted(best[i] for i in missed) == [best[i] for i in missed]  # worst first
+    assert {i for i, v in enumerate(best) if v < 0.5} == set(missed)
+    assert "all" in coverage.table() and coverage.to_dict(scenes)["missed"][0]["image"].endswith(".jpg")
+
+
+@pytest.mark.parametrize("resize", ["squish", "letterbox", "minmax"])
+def test_boxes_to_input_inverts_boxes_to_original(resize):
+    boxes = torch.tensor([[3.0, 4.0, 50.0, 70.0], [0.0, 0.0, 120.0, 90.0]])
+    orig = (90, 120)
+    size = input_size_of(orig, (64, 64), resize)
+    assert size == ((48, 64) if resize == "minmax" else (64, 64))
+    back = boxes_to_original(boxes_to_input(boxes, orig, size, resize), orig, size, resize)
+    assert torch.allclose(back, boxes, atol=1e-4)
+
+
+def test_kmeans_1d_and_the_fitted_anchors_improve_coverage_of_digit_scenes(tmp_path):
+    centres = _kmeans_1d(torch.tensor([1.0, 1.2, 0.8, 10.0, 11.0, 9.0]), 2)
+    assert centres.tolist() == pytest.approx([1.0, 10.0])
+
+    synthesize_digits(tmp_path, train=30, val=1, seed=0, config=SceneConfig(size=128, min_height=8))
+    data, _ = load_dataset(tmp_path, "train")
+    m = preset("retinanet_r50_fpn").model  # the paper's anchors (32 to 812 px) on 8-96 px digits
+    paper = AnchorConfig(m.anchor_strides, m.anchor_sizes, m.anchor_scales, m.anchor_ratios)
+    before = anchor_coverage(data, paper, (128, 128))
+    fitted = suggest_anchors(data, paper, (128, 128))
+    after = anchor_coverage(data, fitted, (128, 128))
+    assert fitted.strides == paper.strides and fitted.scales == paper.scales
+    assert list(fitted.sizes) == sorted(fitted.sizes) and min(fitted.sizes) < 32
+    assert after.matched > before.matched + 0.1, (before.table(), after.table())
+
+    picture = tmp_path / "missed.png"
+    assert draw_missed(before, data, (128, 128), "squish", picture, limit=4) == 4 and picture.is_file()
+
+
+def test_an_empty_dataset_and_bad_thresholds_are_clear_errors(scenes):
+    empty = DetectionSet([r.select(np.zeros(len(r.boxes), bool)) for r in scenes.records], scenes.class_names)
+    with pytest.raises(ValueError, match="no boxes"):
+        anchor_coverage(empty, ANCHORS, (64, 64))
+    with pytest.raises(ValueError, match="no boxes"):
+        suggest_anchors(empty, ANCHORS, (64, 64))
+    with pytest.raises(ValueError, match="neg_iou <= pos_iou"):
+        anchor_coverage(scenes, ANCHORS, (64, 64), pos_iou=0.3, neg_iou=0.4)
+
+
+def test_the_cli_names_a_missing_dataset_and_an_unknown_preset(tmp_path):
+    from typer.testing import CliRunner
+
+    from multibox.cli import app
+
+    result = CliRunner().invoke(app, ["anchors", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "nowhere: no such file or folder" in result.output
+    result = CliRunner().invoke(app, ["anchors", "--data", str(tmp_path), "--preset", "retinanet_r5O_fpn"])
+    assert result.exit_code == 2 and "did you mean 'retinanet_r50_fpn'" in result.output
