@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from .config import ConfigError
+from .config import PRESETS, ConfigError
 from .data.records import DataError
 
 
@@ -18,22 +18,27 @@ def _fail(error: Exception) -> None:
 
 def train(
     overrides: list[str] = typer.Argument(None, help="section.key=value overrides, e.g. train.lr=0.02"),
-    config: Path | None = typer.Option(None, "--config", help="YAML recipe (see configs/)"),
+    config: Path | None = typer.Option(None, "--config", help="YAML recipe (see configs/) or preset name"),
+    preset: str | None = typer.Option(None, "--preset", help="a named preset: " + ", ".join(PRESETS)),
     resume: Path | None = typer.Option(None, help="continue from a last.pt"),
 ) -> None:
     """Train a detector; outputs (checkpoints, logs, plots, resolved config) go to `output`.
 
     Example: multibox train --config configs/retinanet_r50_fpn.yaml data.path=data/voc train.epochs=12
+    Example: multibox train --preset single_object data.path=data/digits
     """
     from .config import load_config
     from .engine.train import train as run
 
+    if config is not None and preset is not None:
+        _fail(ConfigError("give --config or --preset, not both"))
     try:
-        metrics = run(load_config(config, overrides or []), resume=resume)
+        metrics = run(load_config(config or preset, overrides or []), resume=resume)
     except (ConfigError, DataError, ValueError, FloatingPointError, RuntimeError) as error:
         _fail(error)
     if metrics:
-        typer.echo("final: " + "  ".join(f"{k} {metrics[k]:.4f}" for k in ("AP", "AP50", "AP75")))
+        shown = [k for k in ("AP", "AP50", "AP75", "accuracy", "IoU", "L1", "mAP", "F1") if k in metrics]
+        typer.echo("final: " + "  ".join(f"{k} {metrics[k]:.4f}" for k in shown))
 
 
 def lr_find(
@@ -92,18 +97,20 @@ def evaluate(
     except (DataError, ValueError, RuntimeError, FileNotFoundError) as error:
         _fail(error)
     out = out or weights.parent
-    per_class = metrics.pop("per_class")
-    plot_pr_curves(metrics.pop("pr50"), predictor.class_names, out / "pr_curves.png", f"{data} ({split})")
-    atomic_write_text(
-        out / "metrics.json",
-        json.dumps({**metrics, "per_class_AP": dict(zip(predictor.class_names, per_class, strict=True))}, indent=2),
-    )
+    per_class = metrics.pop("per_class", None)
+    written = [out / "metrics.json", out / "predictions.json"]
+    if "pr50" in metrics:
+        plot_pr_curves(metrics.pop("pr50"), predictor.class_names, out / "pr_curves.png", f"{data} ({split})")
+        written.append(out / "pr_curves.png")
+    if per_class is not None:
+        metrics["per_class_AP"] = dict(zip(predictor.class_names, per_class, strict=True))
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     ids = [r.image_id if isinstance(r.image_id, int) else i + 1 for i, r in enumerate(dataset.records)]
     write_coco_results(out / "predictions.json", ids, detections, list(range(1, len(predictor.class_names) + 1)))
-    typer.echo("  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-    for name, ap in zip(predictor.class_names, per_class, strict=True):
+    typer.echo("  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+    for name, ap in metrics.get("per_class_AP", {}).items():
         typer.echo(f"  {name:<16} AP {ap:.4f}")
-    typer.echo(f"written: {out / 'metrics.json'}, {out / 'predictions.json'}, {out / 'pr_curves.png'}")
+    typer.echo("written: " + ", ".join(str(path) for path in written))
 
 
 def predict(

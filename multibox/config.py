@@ -45,8 +45,12 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """A RetinaNet (see :class:`multibox.models.RetinaNet`)."""
+    """The network: ``kind`` ``retinanet`` (see :class:`multibox.models.RetinaNet`) or one of the
+    single-object steps ``largest_cls``, ``largest_box``, ``single_object``, ``multilabel`` (see
+    :class:`multibox.models.SingleObjectNet`; they use the backbone settings, ``hidden`` and
+    ``dropout``)."""
 
+    kind: str = "retinanet"
     backbone: str = "mobilenet_v2"
     pretrained: str = "imagenet"
     fpn_channels: int = 256
@@ -62,6 +66,8 @@ class ModelConfig:
     anchor_sizes: tuple[float, ...] = (32, 64, 128, 256, 512)
     anchor_scales: tuple[float, ...] = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
     anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    hidden: int = 256
+    dropout: float = 0.5
 
 
 @dataclass
@@ -87,6 +93,7 @@ class TrainConfig:
     clip_grad: float = 10.0
     max_bad_steps: int = 5
     box_loss: str = "l1"
+    cls_weight: float = 20.0
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
     pos_iou: float = 0.5
@@ -188,6 +195,35 @@ PRESETS: dict[str, dict] = {
         "output": "runs/cpu_digits",
     },
 }
+
+
+def _single_object_preset(kind: str, **train) -> dict:
+    """The course's single-object steps on the digit scenes: MobileNetV2 (ImageNet, offline) at
+    224x224 as the course's ResNet-34, its stride-8 stage up trained at a tenth of the head's rate."""
+    return {
+        "data": {"path": "data/digits"},
+        "model": {"kind": kind, "backbone": "mobilenet_v2", "pretrained": "imagenet", "trainable_stages": 3},
+        "train": {
+            "image_size": [224, 224],
+            "augment": "none",
+            "hflip": 0.0,
+            "epochs": 2,
+            "batch_size": 16,
+            "optimizer": "adamw",
+            "lr": 0.001,
+            "backbone_lr_mult": 0.1,
+            "warmup_steps": 50,
+            "schedule": "cosine",
+            **train,
+        },
+        "output": f"runs/{kind}",
+    }
+
+
+PRESETS["largest_cls"] = _single_object_preset("largest_cls")
+PRESETS["largest_box"] = _single_object_preset("largest_box")
+PRESETS["single_object"] = _single_object_preset("single_object", cls_weight=20.0)
+PRESETS["multilabel"] = _single_object_preset("multilabel", score_thresh=0.5)
 
 
 def preset(name: str) -> Config:

@@ -17,7 +17,7 @@ from .losses import SMOOTH_L1_BETA, iou_loss, positive_normalizer, sigmoid_focal
 from .matching import match_boxes, pad_batch
 from .structures import DenseOutput
 
-__all__ = ["RetinaNetCriterion"]
+__all__ = ["RetinaNetCriterion", "SingleObjectCriterion", "largest_objects"]
 
 _BOX_LOSSES = ("l1", "smooth_l1", "giou", "diou", "ciou")
 
@@ -108,3 +108,61 @@ class RetinaNetCriterion:
             norm = positive_normalizer(num_positive.sum()).to(cls_per_image)
             cls, box = cls_per_image.sum() / norm, box_per_image.sum() / norm
         return {"cls": cls, "box": box, "total": cls + self.box_weight * box}
+
+
+def largest_objects(targets: Sequence[dict[str, Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
+    """Per image, its largest box ``[B, 4]``, that box's class ``[B]``, and whether it has one
+    ``[B]`` (an image without boxes gets a zero box and class 0, masked out)."""
+    boxes, labels, present = [], [], []
+    for target in targets:
+        if len(target["boxes"]) == 0:
+            boxes.append(target["boxes"].new_zeros(4))
+            labels.append(target["labels"].new_zeros(()))
+            present.append(False)
+            continue
+        b = target["boxes"]
+        largest = ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])).argmax()  # first of equal areas
+        boxes.append(b[largest])
+        labels.append(target["labels"][largest])
+        present.append(True)
+    return torch.stack(boxes), torch.stack(labels), torch.tensor(present, device=boxes[0].device)
+
+
+@dataclass
+class SingleObjectCriterion:
+    """The single-object steps' losses, from the same detection targets as RetinaNet's.
+
+    ``largest_cls``: cross-entropy on the largest object's class. ``largest_box``: L1 between
+    the predicted box and the largest box, in input pixels (mean over coordinates).
+    ``single_object``: that L1 plus ``cls_weight`` x the cross-entropy (the course's lambda,
+    20 by default: the L1 in pixels is about 20 times the cross-entropy); ``cls`` and ``box``
+    are reported apart so that their balance can be checked. Images without boxes are left
+    out of these. ``multilabel``: binary cross-entropy over the classes present in the image
+    (every image counts; one without boxes has no class present).
+    """
+
+    task: str
+    cls_weight: float = 20.0
+
+    def __call__(self, outputs, targets: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
+        cls_logits, boxes = outputs
+        reference = cls_logits if cls_logits is not None else boxes
+        if len(targets) != reference.shape[0]:
+            raise ValueError(f"got {len(targets)} targets for a batch of {reference.shape[0]} images")
+        zero = reference.new_zeros(())
+        if self.task == "multilabel":
+            present = torch.zeros_like(cls_logits)
+            for i, target in enumerate(targets):
+                present[i, target["labels"]] = 1.0
+            cls = torch.nn.functional.binary_cross_entropy_with_logits(cls_logits, present)
+            return {"cls": cls, "box": zero, "total": cls}
+        box_t, label_t, has = largest_objects(targets)
+        count = has.sum().clamp(min=1)
+        cls = box = zero
+        if cls_logits is not None:
+            per_image = torch.nn.functional.cross_entropy(cls_logits, label_t, reduction="none")
+            cls = (per_image * has).sum() / count
+        if boxes is not None:
+            box = ((boxes - box_t).abs().mean(dim=1) * has).sum() / count
+        weight = self.cls_weight if self.task == "single_object" else 1.0
+        return {"cls": cls, "box": box, "total": box + weight * cls}

@@ -16,7 +16,7 @@ import numpy as np
 
 from .boxes import box_iou_numpy
 
-__all__ = ["COCO_KEYS", "coco_map", "voc_ap", "voc_map"]
+__all__ = ["COCO_KEYS", "coco_map", "multilabel_metrics", "single_object_metrics", "voc_ap", "voc_map"]
 
 COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
@@ -215,3 +215,71 @@ def voc_map(
         ap.append(voc_ap(recall, precision, method) if len(entries) else 0.0)
     valid = [a for a in ap if not np.isnan(a)]
     return {"mAP": float(np.mean(valid)) if valid else float("nan"), "AP": ap}
+
+
+def single_object_metrics(detections: Sequence, targets: Sequence, num_classes: int, task: str) -> dict:
+    """The single-object steps' metrics, over images with at least one box.
+
+    Each image's ground truth is its largest box and that box's class; each detection list
+    holds the model's one answer (boxes and targets in the same pixels, e.g. the originals).
+
+    Returns ``images`` (counted) and, as the task has them: ``accuracy`` (class of the largest
+    object), ``IoU`` (mean IoU of the predicted and the largest box) and ``L1`` (mean absolute
+    coordinate error, pixels), and for ``single_object`` COCO ``AP``, ``AP50``, ``AP75`` of the
+    one detection per image against the largest object.
+    """
+    kept = [(d, t) for d, t in zip(detections, targets, strict=True) if len(_boxes(t))]
+    metrics: dict = {"images": len(kept)}
+    if not kept:
+        return metrics
+    truth_boxes, truth_labels, found_boxes, found_labels = [], [], [], []
+    for det, target in kept:
+        boxes = _boxes(target)
+        largest = int(((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).argmax())
+        truth_boxes.append(boxes[largest])
+        truth_labels.append(int(_labels(target)[largest]))
+        found_boxes.append(_boxes(det)[0])
+        found_labels.append(int(_labels(det)[0]))
+    truth_boxes, found_boxes = np.stack(truth_boxes), np.stack(found_boxes)
+    if task in ("largest_cls", "single_object"):
+        metrics["accuracy"] = float(np.mean(np.array(truth_labels) == np.array(found_labels)))
+    if task in ("largest_box", "single_object"):
+        lt = np.maximum(truth_boxes[:, :2], found_boxes[:, :2])
+        rb = np.minimum(truth_boxes[:, 2:], found_boxes[:, 2:])
+        inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
+        area = lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])  # noqa: E731
+        union = area(truth_boxes) + area(found_boxes) - inter
+        metrics["IoU"] = float(np.mean(np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)))
+        metrics["L1"] = float(np.mean(np.abs(truth_boxes - found_boxes)))
+    if task == "single_object":
+        largest = [{"boxes": b[None], "labels": np.array([c])} for b, c in zip(truth_boxes, truth_labels, strict=True)]
+        coco = coco_map([d for d, _ in kept], largest, num_classes)
+        metrics.update({k: coco[k] for k in ("AP", "AP50", "AP75")})
+    return metrics
+
+
+def multilabel_metrics(probabilities: np.ndarray, present: np.ndarray, threshold: float = 0.5) -> dict:
+    """Multi-label classification: ``probabilities`` and 0/1 ``present`` are ``[N, C]``.
+
+    Returns ``accuracy`` (per image and class, at ``threshold``), ``exact`` (images whose
+    whole label set is right), ``F1`` (micro-averaged) and ``mAP`` (mean over classes with a
+    positive of the average precision, ``sum_n (R_n - R_{n-1}) P_n`` over the ranked images).
+    """
+    probabilities, present = np.asarray(probabilities, np.float64), np.asarray(present) > 0.5
+    predicted = probabilities >= threshold
+    tp = float(np.sum(predicted & present))
+    fp, fn = float(np.sum(predicted & ~present)), float(np.sum(~predicted & present))
+    aps = []
+    for c in range(present.shape[1]):
+        if not present[:, c].any():
+            continue
+        order = np.argsort(-probabilities[:, c], kind="stable")
+        hits = present[order, c]
+        precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+        aps.append(float(np.sum(precision[hits]) / hits.sum()))
+    return {
+        "accuracy": float(np.mean(predicted == present)),
+        "exact": float(np.mean(np.all(predicted == present, axis=1))),
+        "F1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0,
+        "mAP": float(np.mean(aps)) if aps else -1.0,
+    }

@@ -8,16 +8,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .coding import DeltaCoder
 from .config import Config, config_from_dict
 from .data.dataset import DetectionDataset
 from .data.io import read_image
 from .data.records import DetectionSet
 from .data.transforms import Augment, boxes_to_original
 from .engine.checkpoint import load_checkpoint
-from .engine.train import build_model
-from .models import RetinaNet
-from .postprocess import postprocess
+from .engine.train import build_model, detect_settings
+from .models import RetinaNet, SingleObjectNet
 from .structures import Detections
 
 __all__ = ["Predictor", "load"]
@@ -35,7 +33,9 @@ class Predictor:
         device: where to run.
     """
 
-    def __init__(self, model: RetinaNet, config: Config, class_names: Sequence[str], device: str | None = None):
+    def __init__(
+        self, model: RetinaNet | SingleObjectNet, config: Config, class_names: Sequence[str], device: str | None = None
+    ):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.config = config
         self.memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
@@ -75,17 +75,10 @@ class Predictor:
             tensor = tensor.sub_(self._dataset.mean).mul_(self._dataset.inv_std)[None].to(self.device)
             size = tuple(tensor.shape[-2:])
             output = self.model(tensor.contiguous(memory_format=self.memory_format))
-            (det,) = postprocess(
-                *output,
-                self.model.anchors(size).to(self.device),
-                [size],
-                coder=DeltaCoder(),
-                level_sizes=self.model.level_sizes(size),
-                score_thresh=t.score_thresh if conf is None else conf,
-                topk=t.topk,
-                nms_iou=t.nms_iou if iou is None else iou,
-                max_det=t.max_det if max_det is None else max_det,
-            )
+            settings = detect_settings(t)
+            asked = {"score_thresh": conf, "nms_iou": iou, "max_det": max_det}
+            settings.update({k: v for k, v in asked.items() if v is not None})
+            (det,) = self.model.detect(output, size, **settings)
             det.boxes = boxes_to_original(det.boxes, (height, width), size, t.resize)
             det.names = self.class_names
             results.append(det.to("cpu"))
@@ -96,6 +89,6 @@ def load(checkpoint: str | Path, device: str | None = None) -> Predictor:
     """A :class:`Predictor` from a training checkpoint (``best.pt`` or ``last.pt``); never runs code from it."""
     saved = load_checkpoint(checkpoint)
     config = config_from_dict(saved["config"], f"{checkpoint} (its configuration)")
-    model = build_model(config.model, len(saved["class_names"]), pretrained="none")
+    model = build_model(config.model, len(saved["class_names"]), "none", config.train.image_size)
     model.load_state_dict(saved["ema"]["module"] if saved.get("ema") else saved["model"])  # averaged weights first
     return Predictor(model, config, saved["class_names"], device)

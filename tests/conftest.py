@@ -7,6 +7,16 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory):
+    """A VOC set of 16 + 4 digit scenes, 64x64, 1 to 3 digits each."""
+    from multibox.data.synthetic import SceneConfig, synthesize_digits
+
+    root = tmp_path_factory.mktemp("digits")
+    synthesize_digits(root, train=16, val=4, seed=0, config=SceneConfig(size=64, max_digits=3, min_height=8))
+    return root
+
+
 def random_boxes(n: int, size: float = 100.0, min_side: float = 1.0, generator=None) -> torch.Tensor:
     """``n`` valid xyxy boxes inside a ``size`` x ``size`` image."""
     xy = torch.rand(n, 2, generator=generator) * size * 0.8

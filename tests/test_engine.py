@@ -6,7 +6,6 @@ import torch
 
 import multibox.engine.train as engine
 from multibox.config import PRESETS, ConfigError, load_config, preset
-from multibox.data.synthetic import SceneConfig, synthesize_digits
 from multibox.engine.checkpoint import load_checkpoint, save_checkpoint
 from multibox.engine.train import train
 
@@ -21,13 +20,6 @@ TINY = [
     "train.warmup_steps=2",
     "train.workers=0",
 ]
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    root = tmp_path_factory.mktemp("digits")
-    synthesize_digits(root, train=16, val=4, seed=0, config=SceneConfig(size=64, max_digits=3, min_height=8))
-    return root
 
 
 def _config(digits, output, *extra):

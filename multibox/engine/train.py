@@ -12,32 +12,49 @@ from __future__ import annotations
 import csv
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler
 
-from ..coding import DeltaCoder
 from ..config import Config, ModelConfig
-from ..criterion import RetinaNetCriterion
+from ..criterion import RetinaNetCriterion, SingleObjectCriterion
 from ..data import DetectionSet, load_dataset
 from ..data.dataset import DetectionDataset, detection_collate
 from ..data.transforms import Augment, boxes_to_original
-from ..metrics import coco_map
-from ..models import AnchorConfig, RetinaNet
-from ..postprocess import postprocess
+from ..metrics import coco_map, multilabel_metrics, single_object_metrics
+from ..models import SINGLE_TASKS, AnchorConfig, RetinaNet, SingleObjectNet
 from ..viz import plot_pr_curves
 from .checkpoint import load_checkpoint, save_checkpoint
 from .ema import ModelEMA
 
-__all__ = ["Trainer", "build_model", "build_optimizer", "evaluate", "resolve_device", "train"]
+__all__ = [
+    "PRIMARY_METRIC",
+    "Trainer",
+    "build_model",
+    "build_optimizer",
+    "detect_settings",
+    "evaluate",
+    "resolve_device",
+    "train",
+]
 
 
-def build_model(config: ModelConfig, num_classes: int, pretrained: str | None = None) -> RetinaNet:
-    """The RetinaNet a :class:`ModelConfig` describes."""
+def build_model(
+    config: ModelConfig, num_classes: int, pretrained: str | None = None, image_size: Sequence[int] = (512, 512)
+) -> RetinaNet | SingleObjectNet:
+    """The network a :class:`ModelConfig` describes (``image_size``: the input, for the
+    single-object heads that flatten a feature map)."""
+    if config.kind in SINGLE_TASKS:
+        return SingleObjectNet(
+            num_classes, config.kind, image_size, config.backbone, pretrained or config.pretrained,
+            config.frozen_bn, config.trainable_stages, config.hidden, config.dropout,
+        )  # fmt: skip
+    if config.kind != "retinanet":
+        raise ValueError(f"model.kind must be 'retinanet' or one of {SINGLE_TASKS}, got {config.kind!r}")
     anchors = AnchorConfig(config.anchor_strides, config.anchor_sizes, config.anchor_scales, config.anchor_ratios)
     return RetinaNet(
         num_classes,
@@ -123,10 +140,35 @@ def build_optimizer(config, model: torch.nn.Module) -> torch.optim.Optimizer:
     raise ValueError(f"train.optimizer must be sgd or adamw, got {config.optimizer!r}")
 
 
+# The metric that picks best.pt, per model kind
+PRIMARY_METRIC = {
+    "retinanet": "AP",
+    "single_object": "AP",
+    "largest_cls": "accuracy",
+    "largest_box": "IoU",
+    "multilabel": "mAP",
+}
+
+
+def detect_settings(config) -> dict:
+    """Post-processing settings of a :class:`TrainConfig`, as ``model.detect`` takes them."""
+    return {
+        "score_thresh": config.score_thresh,
+        "topk": config.topk,
+        "nms_iou": config.nms_iou,
+        "max_det": config.max_det,
+    }
+
+
 @torch.no_grad()
-def evaluate(model: RetinaNet, data: DetectionSet, config: Config, batch_size: int | None = None) -> tuple[dict, list]:
-    """COCO metrics of ``model`` on ``data`` (boxes mapped back to the original images) and the detections."""
-    t = config.train
+def evaluate(model: nn.Module, data: DetectionSet, config: Config, batch_size: int | None = None) -> tuple[dict, list]:
+    """Metrics of ``model`` on ``data`` (boxes mapped back to the original images) and its detections.
+
+    RetinaNet: COCO metrics with per-class AP and precision-recall curves. Single-object
+    steps: :func:`~multibox.metrics.single_object_metrics` or, for ``multilabel``,
+    :func:`~multibox.metrics.multilabel_metrics`.
+    """
+    t, kind = config.train, config.model.kind
     augment = Augment("none", tuple(t.image_size), t.resize)
     loader = DataLoader(
         DetectionDataset(data, augment, train=False),
@@ -138,22 +180,13 @@ def evaluate(model: RetinaNet, data: DetectionSet, config: Config, batch_size: i
     model.eval()
     device = next(model.parameters()).device
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
-    detections = []
+    detections, probabilities = [], []
     for images, targets in loader:
         size = tuple(images.shape[-2:])
         output = model(images.to(device).contiguous(memory_format=memory_format))
-        found = postprocess(
-            *output,
-            model.anchors(size).to(device),
-            [size] * len(images),
-            coder=DeltaCoder(),
-            level_sizes=model.level_sizes(size),
-            score_thresh=t.score_thresh,
-            topk=t.topk,
-            nms_iou=t.nms_iou,
-            max_det=t.max_det,
-        )
-        for det, target in zip(found, targets, strict=True):
+        if kind == "multilabel":
+            probabilities.append(torch.sigmoid(output.cls_logits).cpu())
+        for det, target in zip(model.detect(output, size, **detect_settings(t)), targets, strict=True):
             det = det.to("cpu")
             det.boxes = boxes_to_original(det.boxes, target["orig_size"], target["input_size"], t.resize)
             detections.append(det)
@@ -162,7 +195,15 @@ def evaluate(model: RetinaNet, data: DetectionSet, config: Config, batch_size: i
         {"boxes": r.boxes, "labels": r.labels, "ignore_boxes": r.ignore_boxes, "ignore_labels": r.ignore_labels}
         for r in data.records
     ]
-    return coco_map(detections, truth, num_classes=len(data.class_names), per_class=True), detections
+    classes = len(data.class_names)
+    if kind == "multilabel":
+        present = np.zeros((len(data.records), classes))
+        for i, record in enumerate(data.records):
+            present[i, record.labels] = 1
+        return multilabel_metrics(torch.cat(probabilities).numpy(), present, t.score_thresh), detections
+    if kind in SINGLE_TASKS:
+        return single_object_metrics(detections, truth, classes, kind), detections
+    return coco_map(detections, truth, num_classes=classes, per_class=True), detections
 
 
 class _Logs:
@@ -255,13 +296,17 @@ class Trainer:
         self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
         self.amp_dtype = _precision(t.amp, self.device)
         torch.manual_seed(t.seed)
-        model = build_model(config.model, len(self.train_data.class_names))
+        model = build_model(config.model, len(self.train_data.class_names), image_size=t.image_size)
         self.model = model.to(self.device, memory_format=self.memory_format)  # NHWC: faster convs (oneDNN, cuDNN)
         self.size = tuple(t.image_size)
         self._anchors: dict[tuple[int, int], Tensor] = {}  # per batch size (minmax resizing varies it)
-        self.criterion = RetinaNetCriterion(
-            pos_iou=t.pos_iou, neg_iou=t.neg_iou, alpha=t.focal_alpha, gamma=t.focal_gamma, box_loss=t.box_loss
-        )
+        self.dense = isinstance(model, RetinaNet)
+        if self.dense:
+            self.criterion = RetinaNetCriterion(
+                pos_iou=t.pos_iou, neg_iou=t.neg_iou, alpha=t.focal_alpha, gamma=t.focal_gamma, box_loss=t.box_loss
+            )
+        else:
+            self.criterion = SingleObjectCriterion(config.model.kind, t.cls_weight)
         augment = Augment(t.augment, self.size, t.resize, t.rotate, hflip=t.hflip)
         self.dataset = DetectionDataset(self.train_data, augment, seed=t.seed)
         self.sampler = EpochSampler(len(self.dataset), t.seed)
@@ -290,8 +335,11 @@ class Trainer:
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         targets = [{k: target[k].to(self.device) for k in ("boxes", "labels")} for target in targets]
         with torch.autocast(self.device.type, self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-            cls_logits, box_deltas = self.model(images)
-        return self.criterion((cls_logits.float(), box_deltas.float()), self.anchors(images.shape[-2:]), targets)
+            output = self.model(images)
+        output = type(output)(*(None if part is None else part.float() for part in output))
+        if self.dense:
+            return self.criterion(output, self.anchors(images.shape[-2:]), targets)
+        return self.criterion(output, targets)
 
     def anchors(self, size) -> Tensor:
         """The model's anchors for inputs of ``size`` on the run's device (cached)."""
@@ -338,7 +386,8 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(t, schedule_steps))
     ema = ModelEMA(model, t.ema_decay) if t.ema_decay > 0 else None
 
-    state = {"epoch": 0, "batch": 0, "step": 0, "best_ap": -1.0, "bad_steps": 0, "metrics": {}}
+    primary = PRIMARY_METRIC[config.model.kind]  # picks best.pt
+    state = {"epoch": 0, "batch": 0, "step": 0, "best": -math.inf, "bad_steps": 0, "metrics": {}}
     if resume is not None:
         saved = load_checkpoint(resume, map_location=run.device)
         model.load_state_dict(saved["model"])
@@ -348,6 +397,7 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
         if ema is not None:
             ema.load_state_dict(saved["ema"])
         torch.set_rng_state(saved["rng"])
+        saved.setdefault("best", saved.get("best_ap", -math.inf))  # checkpoints before the single-object steps
         state.update({k: saved[k] for k in state})
 
     def checkpoint(path: Path) -> None:
@@ -416,15 +466,16 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
                 metrics, _ = evaluate(ema.module if ema is not None else model, val_data, config)
                 state["metrics"] = {k: v for k, v in metrics.items() if k not in ("per_class", "pr50")}
                 logs.write("val_log", {"step": state["step"], "epoch": epoch, **state["metrics"]})
-                if metrics["AP"] > state["best_ap"]:
-                    state["best_ap"] = metrics["AP"]
+                if metrics.get(primary, -math.inf) > state["best"]:
+                    state["best"] = metrics[primary]
                     checkpoint(output / "best.pt")
-                    plot_pr_curves(
-                        metrics["pr50"],
-                        train_data.class_names,
-                        output / "pr_curves.png",
-                        f"validation, step {state['step']}: AP {metrics['AP']:.3f}, AP50 {metrics['AP50']:.3f}",
-                    )
+                    if "pr50" in metrics:
+                        plot_pr_curves(
+                            metrics["pr50"],
+                            train_data.class_names,
+                            output / "pr_curves.png",
+                            f"validation, step {state['step']}: AP {metrics['AP']:.3f}, AP50 {metrics['AP50']:.3f}",
+                        )
             checkpoint(output / "last.pt")
             if finished:
                 break

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from ..anchors import RETINA_RATIOS, RETINA_SCALES, RETINA_SIZES, RETINA_STRIDES, pyramid_anchors, pyramid_grid_sizes
-from ..structures import DenseOutput
+from ..coding import DeltaCoder
+from ..postprocess import postprocess
+from ..structures import DenseOutput, Detections
 from .backbones import build_backbone
 from .heads import RetinaNetHead
 from .necks import FeatureExtractor, retinanet_fpn
@@ -88,6 +90,30 @@ class RetinaNet(nn.Module):
     def forward(self, images: Tensor) -> DenseOutput:
         cls_logits, box_deltas = self.head(self.backbone(images))
         return DenseOutput(cls_logits, box_deltas)
+
+    def detect(
+        self,
+        output: DenseOutput,
+        image_size: Sequence[int],
+        score_thresh: float = 0.05,
+        topk: int = 1000,
+        nms_iou: float = 0.5,
+        max_det: int = 100,
+    ) -> list[Detections]:
+        """Detections (input pixels) of a batch of ``image_size`` inputs: score threshold, top-k
+        per level, decoding, class-wise NMS, ``max_det`` per image."""
+        size = (int(image_size[0]), int(image_size[1]))
+        return postprocess(
+            *output,
+            self.anchors(size).to(output.cls_logits.device),
+            [size] * output.cls_logits.shape[0],
+            coder=DeltaCoder(),
+            level_sizes=self.level_sizes(size),
+            score_thresh=score_thresh,
+            topk=topk,
+            nms_iou=nms_iou,
+            max_det=max_det,
+        )
 
     def anchors(self, image_size: Sequence[int]) -> Tensor:
         """``[A, 4]`` xyxy anchors for inputs of ``image_size = (height, width)``, in output order."""

@@ -1,0 +1,96 @@
+"""Regenerate the results table and pictures of docs/TUTORIAL.md: train each preset on the
+digit scenes, time it, evaluate it on the validation scenes, draw its predictions.
+
+    python docs/tutorial.py --data data/demo-digits largest_cls largest_box single_object multilabel
+
+Each preset trains with its own recipe (``multibox train --preset NAME``) into
+``runs/tutorial/NAME``; the table between the ``results`` markers of TUTORIAL.md is rewritten
+with the measured numbers, and ``docs/tutorial/NAME.jpg`` shows six validation scenes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import time
+from pathlib import Path
+
+import torch
+
+from multibox import load
+from multibox.config import load_config
+from multibox.data import load_dataset
+from multibox.data.io import read_image, write_image
+from multibox.engine.train import train
+from multibox.viz import draw_detections, image_grid
+
+DOCS = Path(__file__).parent
+SHOWN = ("accuracy", "IoU", "L1", "AP", "AP50", "mAP", "F1")
+
+
+def run(name: str, data: Path, runs: Path) -> dict:
+    output = runs / name
+    config = load_config(name, [f"data.path={data}", f"output={output}"])
+    started = time.perf_counter()
+    metrics = train(config, progress=False)
+    minutes = (time.perf_counter() - started) / 60
+    log = (output / "train_log.csv").read_text().splitlines()
+    speed = float(log[-1].split(",")[-1])  # images/s of the last epoch, data loading included
+    detector = load(output / "best.pt")
+    val, _ = load_dataset(data, config.data.val_split)
+    pictures = []
+    for record in val.records[:6]:
+        pixels = read_image(record.image_path)
+        found = detector.predict(pixels)
+        boxes, labels, scores = found.boxes.numpy(), found.labels.numpy(), found.scores.numpy()
+        pictures.append(draw_detections(pixels, boxes, labels, found.names, scores))
+    (DOCS / "tutorial").mkdir(exist_ok=True)
+    write_image(DOCS / "tutorial" / f"{name}.jpg", image_grid(pictures, columns=3))
+    return {
+        "preset": name,
+        "minutes": round(minutes, 1),
+        "images_per_s": round(speed, 1),
+        "epochs": config.train.epochs,
+        **{k: round(metrics[k], 4) for k in SHOWN if k in metrics},
+    }
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| preset | training (incl. validation) | images/s | " + " | ".join(SHOWN) + " |"]
+    lines.append("|---" * (3 + len(SHOWN)) + "|")
+    for row in rows:
+        cells = [f"{row[k]:.3f}" if k in row else "" for k in SHOWN]
+        lines.append(
+            f"| `{row['preset']}` | {row['minutes']} min ({row['epochs']} epochs) | {row['images_per_s']} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("presets", nargs="+")
+    parser.add_argument("--data", type=Path, default=Path("data/demo-digits"))
+    parser.add_argument("--runs", type=Path, default=Path("runs/tutorial"))
+    args = parser.parse_args()
+    results_file = DOCS / "tutorial" / "results.json"
+    results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    for name in args.presets:
+        results[name] = run(name, args.data, args.runs)
+        print(json.dumps(results[name]))
+    (DOCS / "tutorial").mkdir(exist_ok=True)
+    results_file.write_text(json.dumps(results, indent=2) + "\n")
+    machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    measured = f"Measured by `python docs/tutorial.py` ({machine}); L1 in pixels of the original images."
+    block = f"<!-- results -->\n{table(list(results.values()))}\n\n{measured}\n<!-- /results -->"
+    tutorial = DOCS / "TUTORIAL.md"
+    text = tutorial.read_text()
+    tutorial.write_text(re.sub(r"<!-- results -->.*<!-- /results -->", lambda _: block, text, flags=re.S))
+    print(table(list(results.values())))
+
+
+if __name__ == "__main__":
+    main()
