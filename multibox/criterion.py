@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from .boxes import box_area
 from .coding import DeltaCoder
 from .losses import SMOOTH_L1_BETA, iou_loss, positive_normalizer, sigmoid_focal_loss_dense, smooth_l1_loss
 from .matching import match_boxes, pad_batch
@@ -120,9 +121,8 @@ def largest_objects(targets: Sequence[dict[str, Tensor]]) -> tuple[Tensor, Tenso
             labels.append(target["labels"].new_zeros(()))
             present.append(False)
             continue
-        b = target["boxes"]
-        largest = ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])).argmax()  # first of equal areas
-        boxes.append(b[largest])
+        largest = box_area(target["boxes"]).argmax()  # the first of equal areas
+        boxes.append(target["boxes"][largest])
         labels.append(target["labels"][largest])
         present.append(True)
     return torch.stack(boxes), torch.stack(labels), torch.tensor(present, device=boxes[0].device)

@@ -244,12 +244,8 @@ def single_object_metrics(detections: Sequence, targets: Sequence, num_classes: 
     if task in ("largest_cls", "single_object"):
         metrics["accuracy"] = float(np.mean(np.array(truth_labels) == np.array(found_labels)))
     if task in ("largest_box", "single_object"):
-        lt = np.maximum(truth_boxes[:, :2], found_boxes[:, :2])
-        rb = np.minimum(truth_boxes[:, 2:], found_boxes[:, 2:])
-        inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
-        area = lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])  # noqa: E731
-        union = area(truth_boxes) + area(found_boxes) - inter
-        metrics["IoU"] = float(np.mean(np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)))
+        ious = [box_iou_numpy(t, f[None])[0] for t, f in zip(truth_boxes, found_boxes, strict=True)]
+        metrics["IoU"] = float(np.mean(ious))
         metrics["L1"] = float(np.mean(np.abs(truth_boxes - found_boxes)))
     if task == "single_object":
         largest = [{"boxes": b[None], "labels": np.array([c])} for b, c in zip(truth_boxes, truth_labels, strict=True)]

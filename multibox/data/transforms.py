@@ -176,11 +176,17 @@ class MinMaxResize:
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
         image, boxes, labels = sample
         h, w = image.shape[:2]
-        scale = min(self.min_size / min(h, w), self.max_size / max(h, w))
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        resized = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-        factors = np.array([size[0] / w, size[1] / h] * 2, np.float32)
+        new_h, new_w = _minmax_size(h, w, self.min_size, self.max_size)
+        shrinks = new_h * new_w < h * w
+        resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA if shrinks else cv2.INTER_LINEAR)
+        factors = np.array([new_w / w, new_h / h] * 2, np.float32)
         return resized, boxes * factors, labels
+
+
+def _minmax_size(h: int, w: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """``(height, width)`` with the shorter side ``min_size`` unless the longer passes ``max_size``."""
+    scale = min(min_size / min(h, w), max_size / max(h, w))
+    return max(1, round(h * scale)), max(1, round(w * scale))
 
 
 def _resize_ops(mode: str, size: tuple[int, int]) -> list:
@@ -288,18 +294,23 @@ def input_size_of(orig_size, size: tuple[int, int], resize: str, min_size: int |
     if resize != "minmax":
         return int(size[0]), int(size[1])
     h, w = (int(v) for v in orig_size)
-    scale = min((min_size or min(size)) / min(h, w), (max_size or max(size)) / max(h, w))
-    return max(1, round(h * scale)), max(1, round(w * scale))
+    return _minmax_size(h, w, min_size or min(size), max_size or max(size))
+
+
+def _letterbox(orig_size, input_size) -> tuple[float, int, int]:
+    """Scale and left/top padding that letterboxing puts an image of ``orig_size`` into ``input_size``."""
+    (h0, w0), (h1, w1) = (int(v) for v in orig_size), (int(v) for v in input_size)
+    scale = min(h1 / h0, w1 / w0)
+    return scale, (w1 - round(w0 * scale)) // 2, (h1 - round(h0 * scale)) // 2
 
 
 def boxes_to_input(boxes: torch.Tensor, orig_size, input_size, resize: str) -> torch.Tensor:
     """xyxy boxes ``[N, 4]`` in pixels of the original image -> network-input pixels after
     ``resize``: the inverse of :func:`boxes_to_original` for boxes inside the image."""
-    (h0, w0), (h1, w1) = (int(v) for v in orig_size), (int(v) for v in input_size)
     if resize == "letterbox":
-        scale = min(h1 / h0, w1 / w0)
-        pad_x, pad_y = (w1 - round(w0 * scale)) // 2, (h1 - round(h0 * scale)) // 2
+        scale, pad_x, pad_y = _letterbox(orig_size, input_size)
         return boxes * scale + boxes.new_tensor([pad_x, pad_y, pad_x, pad_y])
+    (h0, w0), (h1, w1) = (int(v) for v in orig_size), (int(v) for v in input_size)
     return boxes * boxes.new_tensor([w1 / w0, h1 / h0, w1 / w0, h1 / h0])
 
 
@@ -308,8 +319,7 @@ def boxes_to_original(boxes: torch.Tensor, orig_size, input_size, resize: str) -
     (``squish`` and ``minmax``: per-axis scale; ``letterbox``: padding, then scale), clipped to the image."""
     (h0, w0), (h1, w1) = (int(v) for v in orig_size), (int(v) for v in input_size)
     if resize == "letterbox":
-        scale = min(h1 / h0, w1 / w0)
-        pad_x, pad_y = (w1 - round(w0 * scale)) // 2, (h1 - round(h0 * scale)) // 2
+        scale, pad_x, pad_y = _letterbox(orig_size, input_size)
         boxes = (boxes - boxes.new_tensor([pad_x, pad_y, pad_x, pad_y])) / scale
     else:
         boxes = boxes * boxes.new_tensor([w0 / w1, h0 / h1, w0 / w1, h0 / h1])
