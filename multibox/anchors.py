@@ -144,6 +144,8 @@ def grid_cell_sizes(grids: Sequence[int] = (4, 2, 1), anchors_per_cell: int = 9)
     return torch.cat([torch.full((g * g * anchors_per_cell,), 1.0 / g) for g in grids])
 
 
+# SSD300's scales (fractions of the image side): s_k for map k, one more for sqrt(s_k * s_{k+1})
+SSD300_SCALES = (0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05)
 # SSD300's extra aspect ratios (width / height) per feature map, each with its reciprocal.
 SSD300_RATIOS = ((2, 1 / 2), (2, 1 / 2, 3, 1 / 3), (2, 1 / 2, 3, 1 / 3), (2, 1 / 2, 3, 1 / 3), (2, 1 / 2), (2, 1 / 2))
 
@@ -163,7 +165,7 @@ def ssd_default_boxes(
     image_size: int | Sequence[int] = 300,
     feature_maps: Sequence[int | Sequence[int]] = (38, 19, 10, 5, 3, 1),
     steps: Sequence[float] | None = (8, 16, 32, 64, 100, 300),
-    scales: Sequence[float] = (0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05),
+    scales: Sequence[float] = SSD300_SCALES,
     ratios: Sequence[Sequence[float]] = SSD300_RATIOS,
     sizes: Sequence[Sequence[float]] | None = None,
     clip: bool = True,

@@ -92,7 +92,9 @@ def evaluate(
 
     try:
         predictor = load(weights)
-        dataset, _ = load_dataset(data, split, class_names=predictor.class_names)
+        one_class = predictor.config.data.one_class
+        dataset, _ = load_dataset(data, split, class_names=None if one_class else predictor.class_names)
+        dataset = dataset.one_class(one_class) if one_class else dataset
         metrics, detections = run(predictor.model, dataset, predictor.config)
     except (DataError, ValueError, RuntimeError, FileNotFoundError) as error:
         _fail(error)
@@ -197,6 +199,11 @@ def anchors(
 
     try:
         config = load_config(preset, [])
+        if config.model.kind != "retinanet":
+            raise ValueError(
+                f"preset '{preset}' is a {config.model.kind} network: the anchor doctor checks RetinaNet's anchor "
+                f"settings (model.anchor_*), and the SSD family's anchors are not covered yet"
+            )
         size = (image_size, image_size) if image_size else tuple(config.train.image_size)
         dataset, _ = load_dataset(data, split, config.data.format)
         m, t = config.model, config.train

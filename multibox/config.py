@@ -34,21 +34,28 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    """Where the data is and how it is read (see :func:`multibox.data.load_dataset`)."""
+    """Where the data is and how it is read (see :func:`multibox.data.load_dataset`); a non-empty
+    ``one_class`` makes every box that one class (class-agnostic detection)."""
 
     path: str = "data/digits"
     format: str | None = None
     train_split: str = "train"
     val_split: str = "val"
     policy: str = "error"
+    one_class: str = ""
 
 
 @dataclass
 class ModelConfig:
-    """The network: ``kind`` ``retinanet`` (see :class:`multibox.models.RetinaNet`) or one of the
+    """The network: ``kind`` ``retinanet`` (see :class:`multibox.models.RetinaNet`); one of the
     single-object steps ``largest_cls``, ``largest_box``, ``single_object``, ``multilabel`` (see
     :class:`multibox.models.SingleObjectNet`; they use the backbone settings, ``hidden`` and
-    ``dropout``)."""
+    ``dropout``); or one of the SSD family ``ssd_grid``, ``ssd_multihead`` (see
+    :class:`multibox.models.GridSSD`: backbone settings, ``hidden`` as the head's width,
+    ``dropout``), ``toyssd`` (:class:`multibox.models.ToySSD`, no settings), ``ssd300``,
+    ``ssdlite`` (:class:`multibox.models.MobileNetSSD`: backbone settings). The ``anchor_*``
+    settings are RetinaNet's; the SSD family's anchors follow from the input size and, for
+    ``toyssd``, ``ssd300`` and ``ssdlite``, from ``ssd_scales`` (empty: the paper's)."""
 
     kind: str = "retinanet"
     backbone: str = "mobilenet_v2"
@@ -68,6 +75,7 @@ class ModelConfig:
     anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     hidden: int = 256
     dropout: float = 0.5
+    ssd_scales: tuple[float, ...] = ()
 
 
 @dataclass
@@ -93,6 +101,9 @@ class TrainConfig:
     clip_grad: float = 10.0
     max_bad_steps: int = 5
     box_loss: str = "l1"
+    box_weight: float = 1.0
+    cls_loss: str = "focal"
+    neg_pos_ratio: float = 3.0
     cls_weight: float = 20.0
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
@@ -224,6 +235,52 @@ PRESETS["largest_cls"] = _single_object_preset("largest_cls")
 PRESETS["largest_box"] = _single_object_preset("largest_box")
 PRESETS["single_object"] = _single_object_preset("single_object", cls_weight=20.0)
 PRESETS["multilabel"] = _single_object_preset("multilabel", score_thresh=0.5)
+
+
+def _ssd_preset(kind: str, image_size: int, model: dict | None = None, **train) -> dict:
+    """The course's multibox steps on the digit scenes: the backbone and schedule of the
+    single-object steps (MobileNetV2, ImageNet, offline), at the input size the network is built for."""
+    recipe = _single_object_preset(kind, **{"image_size": [image_size, image_size], "epochs": 3, "batch_size": 8, **train})
+    recipe["model"].update(model or {})
+    return recipe
+
+
+# fastai's SSD head on a 4x4 grid, one anchor per cell: BCE without the background column, L1 on
+# the tanh-bounded boxes (the course's actn_to_bb), the course's 0.4 match threshold; batches of 32
+# keep the head's BatchNorm statistics steady on the 2x2 and 1x1 grids
+_GRID = {"batch_size": 32, "lr": 0.003, "warmup_steps": 30, "pos_iou": 0.4, "box_loss": "l1_boxes"}
+PRESETS["ssd_grid"] = _ssd_preset("ssd_grid", 256, {"hidden": 256, "dropout": 0.1}, cls_loss="bce", **_GRID)
+# 4x4, 2x2 and 1x1 grids, 3 zooms x 3 ratios per cell, focal loss
+PRESETS["ssd_multihead"] = _ssd_preset("ssd_multihead", 256, {"hidden": 256, "dropout": 0.1}, cls_loss="focal", **_GRID)
+
+# d2l.ai's toy SSD, from scratch, on the scenes with every digit one class "digit" (as the
+# tutorial's pikachu): softmax focal loss, smooth L1 on SSD offsets, SGD with weight decay 5e-4.
+# See configs/toyssd.yaml for the input size, scales and rate chosen for a 10-minute CPU budget.
+PRESETS["toyssd"] = {
+    "data": {"path": "data/digits", "one_class": "digit"},
+    "model": {"kind": "toyssd", "pretrained": "none", "ssd_scales": [0.06, 0.14, 0.3, 0.5, 0.75, 1.0]},
+    "train": {
+        "image_size": [192, 192],
+        "augment": "none",
+        "hflip": 0.0,
+        "epochs": 2,
+        "batch_size": 32,
+        "optimizer": "sgd",
+        "lr": 0.01,
+        "momentum": 0.9,
+        "weight_decay": 0.0005,
+        "warmup_steps": 100,
+        "schedule": "cosine",
+        "cls_loss": "softmax_focal",
+        "box_loss": "smooth_l1",
+    },
+    "output": "runs/toyssd",
+}
+# SSD300's geometry and SSDLite's separable layers on MobileNetV2: softmax cross-entropy with 3:1
+# hard negative mining, smooth L1 on SSD offsets, the ssd augmentation (without flips)
+_SSD_TRAIN = {"augment": "ssd", "cls_loss": "softmax", "box_loss": "smooth_l1", "lr": 0.003, "epochs": 2}
+PRESETS["ssd300"] = _ssd_preset("ssd300", 300, **_SSD_TRAIN)
+PRESETS["ssdlite"] = _ssd_preset("ssdlite", 320, **_SSD_TRAIN)
 
 
 def preset(name: str) -> Config:

@@ -14,11 +14,20 @@ from torch import Tensor
 
 from .boxes import box_area
 from .coding import DeltaCoder
-from .losses import SMOOTH_L1_BETA, iou_loss, positive_normalizer, sigmoid_focal_loss_dense, smooth_l1_loss
-from .matching import match_boxes, pad_batch
+from .losses import (
+    SMOOTH_L1_BETA,
+    hard_negative_mining,
+    iou_loss,
+    positive_normalizer,
+    sigmoid_focal_loss_dense,
+    smooth_l1_loss,
+    softmax_focal_loss,
+)
+from .matching import NEGATIVE, batch_iou, match_boxes, match_ssd, pad_batch
+from .postprocess import Coder
 from .structures import DenseOutput
 
-__all__ = ["RetinaNetCriterion", "SingleObjectCriterion", "largest_objects"]
+__all__ = ["CLS_LOSSES", "RetinaNetCriterion", "SSDCriterion", "SingleObjectCriterion", "largest_objects"]
 
 _BOX_LOSSES = ("l1", "smooth_l1", "giou", "diou", "ciou")
 
@@ -166,3 +175,113 @@ class SingleObjectCriterion:
             box = ((boxes - box_t).abs().mean(dim=1) * has).sum() / count
         weight = self.cls_weight if self.task == "single_object" else 1.0
         return {"cls": cls, "box": box, "total": box + weight * cls}
+
+
+# Class losses of SSDCriterion; the first two train sigmoid heads (no background column)
+CLS_LOSSES = ("bce", "focal", "softmax", "softmax_focal")
+_SSD_BOX_LOSSES = ("l1", "smooth_l1", "l1_boxes", "giou", "diou", "ciou")
+
+
+@dataclass
+class SSDCriterion:
+    """The SSD family's losses over ``K + 1`` class columns (background in column 0), batched.
+
+    Matching is SSD's (:func:`~multibox.matching.match_ssd`, the course's
+    ``map_to_ground_truth``): every box first takes its best anchor, then every anchor whose
+    best IoU reaches ``iou_threshold`` takes its best box; the rest are background.
+
+    Class losses (``cls_loss``):
+
+    * ``"bce"``: binary cross-entropy on the foreground columns only, a background anchor
+      being all zeros (the course: no background column to learn);
+    * ``"focal"``: the same with the sigmoid focal loss (``alpha``, ``gamma``);
+    * ``"softmax"``: softmax cross-entropy over all ``K + 1`` columns on the positives and the
+      ``neg_pos_ratio`` x as many highest-loss negatives per image (SSD's hard negative mining);
+    * ``"softmax_focal"``: the softmax focal loss (``gamma``) over every anchor (the d2l.ai
+      toy SSD's exercise).
+
+    Box losses (``box_loss``) on positive anchors: ``"l1"`` or ``"smooth_l1"`` on the coder's
+    deltas; ``"l1_boxes"`` on the decoded corners in units of the anchor's width and height
+    (the course's L1 on ``actn_to_bb`` boxes, for the bounded :class:`~multibox.coding.TanhCoder`,
+    whose deltas of an out-of-reach box are infinite); or ``"giou"``, ``"diou"``, ``"ciou"``.
+    Both sums are divided by the number of positive anchors in the batch (at least 1).
+
+    Attributes:
+        coder: the network's box coder (``model.coder``).
+        iou_threshold: lowest IoU of a threshold match.
+        cls_loss, box_loss: as above.
+        alpha, gamma: focal loss parameters (``alpha`` for the sigmoid form only).
+        neg_pos_ratio: negatives kept per positive by ``"softmax"``.
+        box_weight: weight of the box loss in ``total``.
+        smooth_l1_beta: smooth L1 switch point.
+    """
+
+    coder: Coder
+    iou_threshold: float = 0.5
+    cls_loss: str = "softmax"
+    box_loss: str = "smooth_l1"
+    alpha: float = 0.25
+    gamma: float = 2.0
+    neg_pos_ratio: float = 3.0
+    box_weight: float = 1.0
+    smooth_l1_beta: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.cls_loss not in CLS_LOSSES:
+            raise ValueError(f"cls_loss must be one of {CLS_LOSSES}, got {self.cls_loss!r}")
+        if self.box_loss not in _SSD_BOX_LOSSES:
+            raise ValueError(f"box_loss must be one of {_SSD_BOX_LOSSES}, got {self.box_loss!r}")
+        if not 0 < self.iou_threshold <= 1:
+            raise ValueError(f"iou_threshold must be in (0, 1], got {self.iou_threshold}")
+
+    def match(self, anchors: Tensor, targets: Sequence[dict[str, Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
+        """Per anchor: matched box index or NEGATIVE ``[B, A]``, its column (0 background, class + 1)
+        ``[B, A]``, and the padded boxes ``[B, G, 4]``."""
+        boxes, _ = pad_batch([t["boxes"] for t in targets])
+        classes, _ = pad_batch([t["labels"] for t in targets])
+        matched = match_ssd(batch_iou([t["boxes"] for t in targets], anchors), self.iou_threshold)
+        positive = matched >= 0
+        columns = torch.where(positive, classes.gather(1, matched.clamp(min=0)) + 1, 0)
+        return matched, columns, boxes
+
+    def __call__(
+        self, outputs: DenseOutput | tuple[Tensor, Tensor], anchors: Tensor, targets: Sequence[dict[str, Tensor]]
+    ) -> dict[str, Tensor]:
+        """Losses of a batch: ``{"cls", "box", "total"}`` (see the class)."""
+        cls_logits, box_deltas = outputs
+        if len(targets) != cls_logits.shape[0]:
+            raise ValueError(f"got {len(targets)} targets for a batch of {cls_logits.shape[0]} images")
+        matched, columns, boxes = self.match(anchors, targets)
+        positive = matched >= 0
+        norm = positive_normalizer(positive.sum()).to(cls_logits)
+        cls = self._cls_loss(cls_logits, columns, positive) / norm
+
+        image, anchor = positive.nonzero(as_tuple=True)  # [P]
+        matched_boxes = boxes[image, matched[image, anchor]]  # [P, 4]
+        deltas = box_deltas[image, anchor]
+        if self.box_loss in ("l1", "smooth_l1"):
+            beta = 0.0 if self.box_loss == "l1" else self.smooth_l1_beta
+            target = self.coder.encode(anchors, matched_boxes, anchor_index=anchor)
+            box = smooth_l1_loss(deltas, target, beta=beta, reduction="sum")
+        else:
+            predicted = self.coder.decode(anchors, deltas, anchor_index=anchor)
+            if self.box_loss == "l1_boxes":
+                size = (anchors[anchor, 2:] - anchors[anchor, :2]).repeat(1, 2)
+                box = ((predicted - matched_boxes).abs() / size).sum()
+            else:
+                box = iou_loss(predicted, matched_boxes, self.box_loss, reduction="sum")
+        box = box / norm
+        return {"cls": cls, "box": box, "total": cls + self.box_weight * box}
+
+    def _cls_loss(self, cls_logits: Tensor, columns: Tensor, positive: Tensor) -> Tensor:
+        if self.cls_loss in ("bce", "focal"):
+            labels = torch.where(positive, columns - 1, NEGATIVE)  # foreground class or background
+            if self.cls_loss == "bce":
+                return sigmoid_focal_loss_dense(cls_logits[..., 1:], labels, alpha=None, gamma=0.0).sum()
+            return sigmoid_focal_loss_dense(cls_logits[..., 1:], labels, self.alpha, self.gamma).sum()
+        flat_logits, flat_columns = cls_logits.flatten(0, 1), columns.flatten()
+        if self.cls_loss == "softmax_focal":
+            return softmax_focal_loss(flat_logits, flat_columns, gamma=self.gamma, reduction="sum")
+        loss = torch.nn.functional.cross_entropy(flat_logits, flat_columns, reduction="none").view(columns.shape)
+        keep = hard_negative_mining(loss, torch.where(positive, columns - 1, NEGATIVE), self.neg_pos_ratio)
+        return (loss * keep).sum()

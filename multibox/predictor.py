@@ -15,7 +15,6 @@ from .data.records import DetectionSet
 from .data.transforms import Augment, boxes_to_original
 from .engine.checkpoint import load_checkpoint
 from .engine.train import build_model, detect_settings
-from .models import RetinaNet, SingleObjectNet
 from .structures import Detections
 
 __all__ = ["Predictor", "load"]
@@ -34,7 +33,7 @@ class Predictor:
     """
 
     def __init__(
-        self, model: RetinaNet | SingleObjectNet, config: Config, class_names: Sequence[str], device: str | None = None
+        self, model: torch.nn.Module, config: Config, class_names: Sequence[str], device: str | None = None
     ):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.config = config

@@ -136,3 +136,5 @@ def test_the_cli_names_a_missing_dataset_and_an_unknown_preset(tmp_path):
     assert result.exit_code == 2 and "nowhere: no such file or folder" in result.output
     result = CliRunner().invoke(app, ["anchors", "--data", str(tmp_path), "--preset", "retinanet_r5O_fpn"])
     assert result.exit_code == 2 and "did you mean 'retinanet_r50_fpn'" in result.output
+    result = CliRunner().invoke(app, ["anchors", "--data", str(tmp_path), "--preset", "ssd300"])
+    assert result.exit_code == 2 and "SSD family's anchors are not covered yet" in result.output

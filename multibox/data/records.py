@@ -120,6 +120,17 @@ class DetectionSet:
     problems: list[Problem] = field(default_factory=list)
     category_ids: list[int] | None = None
 
+    def one_class(self, name: str) -> DetectionSet:
+        """The same images with every box (and ignore region) of one class ``name``: class-agnostic
+        detection, such as the toy SSD's one-class scenes."""
+        if not name:
+            raise ValueError("the one class needs a name")
+        records = [
+            replace(r, labels=np.zeros_like(r.labels), ignore_labels=np.zeros_like(r.ignore_labels))
+            for r in self.records
+        ]
+        return replace(self, records=records, class_names=[name], category_ids=None)
+
     def summary(self) -> dict:
         """Counts: images, boxes, per-class boxes, empty images, COCO small/medium/large."""
         boxes = np.concatenate([r.boxes for r in self.records]) if self.records else np.zeros((0, 4))

@@ -21,12 +21,12 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler
 
 from ..config import Config, ModelConfig
-from ..criterion import RetinaNetCriterion, SingleObjectCriterion
+from ..criterion import RetinaNetCriterion, SingleObjectCriterion, SSDCriterion
 from ..data import DetectionSet, load_dataset
 from ..data.dataset import DetectionDataset, detection_collate
 from ..data.transforms import Augment, boxes_to_original
 from ..metrics import coco_map, multilabel_metrics, single_object_metrics
-from ..models import SINGLE_TASKS, AnchorConfig, RetinaNet, SingleObjectNet
+from ..models import SINGLE_TASKS, SSD_KINDS, AnchorConfig, GridSSD, MobileNetSSD, RetinaNet, SingleObjectNet, ToySSD
 from ..viz import plot_pr_curves
 from .checkpoint import load_checkpoint, save_checkpoint
 from .ema import ModelEMA
@@ -43,18 +43,33 @@ __all__ = [
 ]
 
 
+MODEL_KINDS = ("retinanet", *SINGLE_TASKS, *SSD_KINDS)
+
+
 def build_model(
     config: ModelConfig, num_classes: int, pretrained: str | None = None, image_size: Sequence[int] = (512, 512)
-) -> RetinaNet | SingleObjectNet:
-    """The network a :class:`ModelConfig` describes (``image_size``: the input, for the
-    single-object heads that flatten a feature map)."""
+) -> nn.Module:
+    """The network a :class:`ModelConfig` describes (``image_size``: the input, for the networks
+    built for one input size: the single-object heads that flatten a feature map, the SSD family)."""
+    backbone = {
+        "backbone": config.backbone,
+        "pretrained": pretrained or config.pretrained,
+        "frozen_bn": config.frozen_bn,
+        "trainable_stages": config.trainable_stages,
+    }
     if config.kind in SINGLE_TASKS:
         return SingleObjectNet(
-            num_classes, config.kind, image_size, config.backbone, pretrained or config.pretrained,
-            config.frozen_bn, config.trainable_stages, config.hidden, config.dropout,
-        )  # fmt: skip
+            num_classes, config.kind, image_size, **backbone, hidden=config.hidden, dropout=config.dropout
+        )
+    if config.kind in ("ssd_grid", "ssd_multihead"):
+        shapes = {"grids": 1, "zooms": (1.0,), "ratios": ((1.0, 1.0),)} if config.kind == "ssd_grid" else {}
+        return GridSSD(num_classes, image_size, **shapes, **backbone, channels=config.hidden, dropout=config.dropout)
+    if config.kind == "toyssd":
+        return ToySSD(num_classes, image_size, config.ssd_scales)
+    if config.kind in ("ssd300", "ssdlite"):
+        return MobileNetSSD(num_classes, image_size, config.kind == "ssdlite", **backbone, scales=config.ssd_scales)
     if config.kind != "retinanet":
-        raise ValueError(f"model.kind must be 'retinanet' or one of {SINGLE_TASKS}, got {config.kind!r}")
+        raise ValueError(f"model.kind must be one of {MODEL_KINDS}, got {config.kind!r}")
     anchors = AnchorConfig(config.anchor_strides, config.anchor_sizes, config.anchor_scales, config.anchor_ratios)
     return RetinaNet(
         num_classes,
@@ -147,7 +162,30 @@ PRIMARY_METRIC = {
     "largest_cls": "accuracy",
     "largest_box": "IoU",
     "multilabel": "mAP",
+    **dict.fromkeys(SSD_KINDS, "AP"),
 }
+
+
+def build_criterion(config: Config, model: nn.Module):
+    """The training loss of ``config.model.kind``: ``criterion(output, anchors, targets)`` for the
+    detectors with anchors, ``criterion(output, targets)`` for the single-object steps."""
+    t, kind = config.train, config.model.kind
+    if kind in SINGLE_TASKS:
+        return SingleObjectCriterion(kind, t.cls_weight)
+    if kind == "retinanet":
+        if t.cls_loss != "focal":
+            raise ValueError(f"RetinaNet trains with the sigmoid focal loss (train.cls_loss=focal), not {t.cls_loss!r}")
+        return RetinaNetCriterion(
+            pos_iou=t.pos_iou, neg_iou=t.neg_iou, alpha=t.focal_alpha, gamma=t.focal_gamma,
+            box_loss=t.box_loss, box_weight=t.box_weight,
+        )  # fmt: skip
+    sigmoid = model.activation == "sigmoid"
+    if sigmoid != (t.cls_loss in ("bce", "focal")):
+        fits = "bce or focal" if sigmoid else "softmax or softmax_focal"
+        raise ValueError(f"{kind} has a {model.activation} head: train.cls_loss must be {fits}, not {t.cls_loss!r}")
+    return SSDCriterion(
+        model.coder, t.pos_iou, t.cls_loss, t.box_loss, t.focal_alpha, t.focal_gamma, t.neg_pos_ratio, t.box_weight
+    )
 
 
 def detect_settings(config) -> dict:
@@ -164,7 +202,7 @@ def detect_settings(config) -> dict:
 def evaluate(model: nn.Module, data: DetectionSet, config: Config, batch_size: int | None = None) -> tuple[dict, list]:
     """Metrics of ``model`` on ``data`` (boxes mapped back to the original images) and its detections.
 
-    RetinaNet: COCO metrics with per-class AP and precision-recall curves. Single-object
+    Detectors: COCO metrics with per-class AP and precision-recall curves. Single-object
     steps: :func:`~multibox.metrics.single_object_metrics` or, for ``multilabel``,
     :func:`~multibox.metrics.multilabel_metrics`.
     """
@@ -277,6 +315,9 @@ def _load_splits(config: Config, output: Path | None = None) -> tuple[DetectionS
         print(f"training data: {str(report).splitlines()[0]} (details in {output / 'data_report.txt'})")
     if not train_data.records:
         raise ValueError(f"{config.data.path}: the '{config.data.train_split}' split has no images")
+    if config.data.one_class:
+        train_data = train_data.one_class(config.data.one_class)
+        val_data = val_data.one_class(config.data.one_class) if val_data is not None else None
     return train_data, val_data
 
 
@@ -300,13 +341,8 @@ class Trainer:
         self.model = model.to(self.device, memory_format=self.memory_format)  # NHWC: faster convs (oneDNN, cuDNN)
         self.size = tuple(t.image_size)
         self._anchors: dict[tuple[int, int], Tensor] = {}  # per batch size (minmax resizing varies it)
-        self.dense = isinstance(model, RetinaNet)
-        if self.dense:
-            self.criterion = RetinaNetCriterion(
-                pos_iou=t.pos_iou, neg_iou=t.neg_iou, alpha=t.focal_alpha, gamma=t.focal_gamma, box_loss=t.box_loss
-            )
-        else:
-            self.criterion = SingleObjectCriterion(config.model.kind, t.cls_weight)
+        self.dense = hasattr(model, "anchors")  # a detector with anchors (RetinaNet, the SSD family)
+        self.criterion = build_criterion(config, model)
         augment = Augment(t.augment, self.size, t.resize, t.rotate, hflip=t.hflip)
         self.dataset = DetectionDataset(self.train_data, augment, seed=t.seed)
         self.sampler = EpochSampler(len(self.dataset), t.seed)
@@ -368,7 +404,7 @@ class Trainer:
 
 
 def train(config: Config, resume: str | Path | None = None, progress: bool = True) -> dict:
-    """Train a RetinaNet as ``config`` says; returns the last evaluation's metrics (or {})."""
+    """Train the detector ``config`` describes; returns the last evaluation's metrics (or {})."""
     t = config.train
     output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)

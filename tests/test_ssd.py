@@ -1,0 +1,227 @@
+"""The SSD family: networks and their anchors, the SSD criterion against hand-worked cases,
+training that lowers the loss, and each preset end to end through the engine."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from multibox.anchors import TOY_SSD, grid_anchors, grid_cell_sizes, ssd_default_boxes
+from multibox.coding import DeltaCoder, TanhCoder
+from multibox.config import load_config
+from multibox.criterion import SSDCriterion
+from multibox.data.records import DetectionSet, Record
+from multibox.engine.train import Trainer, build_criterion, build_model
+from multibox.matching import NEGATIVE
+from multibox.models import SSD_KINDS, GridSSD, MobileNetSSD, ToySSD
+from multibox.structures import DenseOutput
+
+# anchors per preset at its input size (the toy SSD's 5,444 are at 256x256; its preset runs at 192)
+ANCHORS = {"ssd_grid": 16, "ssd_multihead": 189, "toyssd": 3064, "ssd300": 8732, "ssdlite": 9602}
+
+
+def _targets():
+    return [
+        {"boxes": torch.tensor([[10.0, 10.0, 50.0, 60.0], [60.0, 60.0, 120.0, 110.0]]), "labels": torch.tensor([2, 0])},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)},
+    ]
+
+
+def _preset_model(kind: str, classes: int = 3):
+    config = load_config(kind, ["model.pretrained=none"])
+    return config, build_model(config.model, classes, image_size=config.train.image_size)
+
+
+@pytest.mark.parametrize("kind", SSD_KINDS)
+def test_each_preset_gives_its_anchors_outputs_and_a_finite_loss(kind):
+    torch.manual_seed(0)
+    config, model = _preset_model(kind)
+    side = config.train.image_size[0]
+    anchors = model.anchors((side, side))
+    assert anchors.shape == (ANCHORS[kind], 4) and sum(model.level_sizes()) == ANCHORS[kind]
+    out = model(torch.randn(2, 3, side, side))
+    assert isinstance(out, DenseOutput)
+    assert out.cls_logits.shape == (2, ANCHORS[kind], 4) and out.box_deltas.shape == (2, ANCHORS[kind], 4)
+    targets = [{k: v * side / 128 if k == "boxes" else v for k, v in t.items()} for t in _targets()]
+    losses = build_criterion(config, model)(out, anchors, targets)
+    assert all(bool(torch.isfinite(v)) for v in losses.values()) and losses["box"] > 0
+    losses["total"].backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    model.eval()
+    with torch.no_grad():
+        found = model.detect(model(torch.randn(2, 3, side, side)), (side, side), score_thresh=0.0, max_det=7)
+    assert [len(d) for d in found] == [7, 7]
+    assert all(bool((d.boxes >= 0).all() and (d.boxes <= side).all() and (d.labels < 3).all()) for d in found)
+    with pytest.raises(ValueError, match=f"built for {side}x{side} inputs"):
+        model(torch.randn(1, 3, side + 32, side + 32))
+
+
+def test_grid_networks_use_the_course_anchors_and_tanh_coder():
+    model = GridSSD(5, (256, 256), pretrained="none")
+    assert model.grids == (4, 2, 1)
+    assert torch.equal(model.anchors(), grid_anchors((4, 2, 1)) * 256)
+    assert torch.equal(model.coder.cell_sizes[:, 0], grid_cell_sizes((4, 2, 1), 9) * 256)
+    assert GridSSD(5, (224, 224), grids=1, pretrained="none").grids == (4,)  # C5 7x7 -> 4x4, as the course
+    with pytest.raises(ValueError, match="square"):
+        GridSSD(5, (256, 320), pretrained="none")
+
+
+def test_toy_and_ssd300_anchors_are_the_papers():
+    assert torch.equal(ToySSD(1).anchors(), ssd_default_boxes(**TOY_SSD)) and len(ToySSD(1).anchors()) == 5444
+    maps = (38, 19, 10, 5, 3, 1)
+    assert torch.equal(MobileNetSSD(2, pretrained="none").anchors(), ssd_default_boxes(300, maps, steps=None))
+
+
+def test_ssd_scales_replace_the_papers():
+    scales = (0.06, 0.14, 0.3, 0.5, 0.75, 1.0)
+    toy = ToySSD(1, (192, 192), scales=scales)
+    maps = (24, 12, 6, 3, 1)
+    expected = ssd_default_boxes(192, maps, steps=None, scales=scales, ratios=TOY_SSD["ratios"], clip=False)
+    assert torch.equal(toy.anchors(), expected) and len(expected) == 4 * sum(m * m for m in maps)
+    smallest = expected[0]
+    assert (smallest[2] - smallest[0]).item() == pytest.approx(0.06 * 192)
+    with pytest.raises(ValueError, match="6 increasing positive fractions"):
+        ToySSD(1, scales=(0.1, 0.2))
+    lite = MobileNetSSD(2, (320, 320), lite=True, pretrained="none", scales=(0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0))
+    assert (lite.anchors()[0, 2] - lite.anchors()[0, 0]).item() == pytest.approx(0.05 * 320)
+
+
+def test_head_outputs_line_up_with_their_anchors():
+    """Output ``(row * W + col) * k + type`` of a grid comes from that cell's channels ``type * n ...``."""
+    torch.manual_seed(0)
+    model = GridSSD(2, (256, 256), grids=1, zooms=(1.0, 0.5), ratios=((1.0, 1.0),), pretrained="none").eval()
+    head = model.outs[0]
+    captured = {}
+    head.box.register_forward_hook(lambda module, args, out: captured.setdefault("map", out))
+    boxes = model(torch.randn(1, 3, 256, 256)).box_deltas[0]  # [4 * 4 * 2, 4]
+    raw = captured["map"][0]  # [2 * 4, 4, 4]
+    row, col, kind = 2, 3, 1
+    assert torch.equal(boxes[(row * 4 + col) * 2 + kind], raw[kind * 4 : kind * 4 + 4, row, col])
+    centre = model.anchors()[(row * 4 + col) * 2 + kind]
+    assert ((centre[0] + centre[2]) / 2).item() == 64 * col + 32 and ((centre[1] + centre[3]) / 2).item() == 64 * row + 32
+
+
+def test_class_biases_start_at_the_prior():
+    model = ToySSD(3)
+    bias = model.outs[0].cls.bias.view(4, 4)
+    assert torch.all(bias[:, 0] == 0)
+    assert torch.allclose(torch.sigmoid(bias[:, 1:]), torch.full((4, 3), 0.01))
+
+
+# ---- the criterion, by hand -------------------------------------------------------------------
+
+_ANCHORS = torch.tensor([[0.0, 0.0, 10.0, 10.0], [10.0, 0.0, 20.0, 10.0], [0.0, 10.0, 10.0, 20.0], [5.0, 5.0, 15.0, 15.0]])
+
+
+def _one_box(label: int = 1):
+    return [{"boxes": torch.tensor([[0.0, 0.0, 10.0, 9.0]]), "labels": torch.tensor([label])}]
+
+
+def test_forced_match_then_threshold_and_background_columns():
+    crit = SSDCriterion(DeltaCoder(), iou_threshold=0.5)
+    targets = [{"boxes": torch.tensor([[0.0, 0.0, 10.0, 9.0], [6.0, 6.0, 14.0, 14.0]]), "labels": torch.tensor([1, 0])}]
+    matched, columns, _ = crit.match(_ANCHORS, targets)
+    # box 0: IoU 0.9 with anchor 0; box 1 (64 px inside anchor 3's 100): IoU 0.64 with anchor 3
+    assert matched.tolist() == [[0, NEGATIVE, NEGATIVE, 1]]
+    assert columns.tolist() == [[2, 0, 0, 1]]  # class + 1; background in column 0
+
+
+def test_forced_match_ties_go_to_the_later_box_and_first_anchor():
+    crit = SSDCriterion(DeltaCoder(), iou_threshold=0.99)
+    # two identical boxes: both pick anchor 0 (first of its tied best anchors 0 and 1 for a box
+    # straddling them equally); the later box keeps it
+    box = [10.0 - 5.0, 0.0, 10.0 + 5.0, 10.0]
+    targets = [{"boxes": torch.tensor([box, box]), "labels": torch.tensor([0, 1])}]
+    matched, columns, _ = crit.match(_ANCHORS, targets)
+    assert matched.tolist() == [[1, NEGATIVE, NEGATIVE, NEGATIVE]] and columns.tolist() == [[2, 0, 0, 0]]
+
+
+def test_bce_leaves_the_background_column_out():
+    logits = torch.tensor([[[9.0, 0.5, -1.0], [-7.0, 0.2, 0.3], [3.0, -0.4, 1.5], [0.0, 2.0, -2.0]]])
+    deltas = torch.zeros(1, 4, 4)
+    crit = SSDCriterion(TanhCoder(torch.full((4,), 10.0)), cls_loss="bce", box_loss="l1_boxes")
+    losses = crit(DenseOutput(logits, deltas), _ANCHORS, _one_box(label=1))  # anchor 0, class 1 (column 2)
+
+    def bce(x, y):
+        p = 1 / (1 + math.exp(-x))
+        return -(y * math.log(p) + (1 - y) * math.log(1 - p))
+
+    expected = sum(bce(x, 1.0 if (a, c) == (0, 1) else 0.0) for a, row in enumerate(logits[0, :, 1:].tolist())
+                   for c, x in enumerate(row))  # fmt: skip
+    assert losses["cls"].item() == pytest.approx(expected, rel=1e-6)  # one positive: divided by 1
+    moved = logits.clone()
+    moved[..., 0] = torch.randn(4) * 10  # the background column does not count
+    assert crit(DenseOutput(moved, deltas), _ANCHORS, _one_box(1))["cls"].item() == pytest.approx(expected, rel=1e-6)
+    # zero deltas decode to the anchor (0, 0, 10, 10); the box is (0, 0, 10, 9): |1| / 10 on y2
+    assert losses["box"].item() == pytest.approx(0.1, rel=1e-6)
+    focal = SSDCriterion(crit.coder, cls_loss="focal", box_loss="l1_boxes", gamma=0.0, alpha=0.5)
+    assert focal(DenseOutput(logits, deltas), _ANCHORS, _one_box(1))["cls"].item() == pytest.approx(expected / 2)
+
+
+def test_hard_negative_mining_keeps_three_negatives_per_positive():
+    torch.manual_seed(0)
+    anchors = torch.cat([_ANCHORS, _ANCHORS + 40, _ANCHORS + 80])  # 12 anchors, the box matches anchor 0 only
+    logits = torch.randn(1, 12, 3)
+    deltas = torch.randn(1, 12, 4)
+    losses = SSDCriterion(DeltaCoder(), cls_loss="softmax", box_loss="smooth_l1")(
+        DenseOutput(logits, deltas), anchors, _one_box(label=0)
+    )
+    ce = F.cross_entropy(logits[0], torch.tensor([1] + [0] * 11), reduction="none")
+    negatives = ce[1:].sort(descending=True).values[:3]  # 3:1, the highest-loss negatives
+    assert losses["cls"].item() == pytest.approx((ce[0] + negatives.sum()).item(), rel=1e-6)
+    target = DeltaCoder().encode(anchors[:1], torch.tensor([[0.0, 0.0, 10.0, 9.0]]))
+    expected_box = F.smooth_l1_loss(deltas[0, :1], target, beta=1.0, reduction="sum")
+    assert losses["box"].item() == pytest.approx(expected_box.item(), rel=1e-6)
+    # an image without boxes has no positives, so no negatives are mined: zero loss
+    empty = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}]
+    nothing = SSDCriterion(DeltaCoder(), cls_loss="softmax")(DenseOutput(logits, deltas), anchors, empty)
+    assert nothing["cls"].item() == 0 and nothing["box"].item() == 0
+
+
+def test_softmax_focal_counts_every_anchor():
+    torch.manual_seed(1)
+    logits, deltas = torch.randn(1, 4, 3), torch.zeros(1, 4, 4)
+    losses = SSDCriterion(DeltaCoder(), cls_loss="softmax_focal", gamma=2.0)(
+        DenseOutput(logits, deltas), _ANCHORS, _one_box(label=1)
+    )
+    p = logits[0].softmax(-1)[torch.arange(4), torch.tensor([2, 0, 0, 0])]
+    assert losses["cls"].item() == pytest.approx((-((1 - p) ** 2) * p.log()).sum().item(), rel=1e-6)
+
+
+def test_wrong_class_loss_for_the_head_is_a_clear_error():
+    config = load_config("ssd_multihead", ["model.pretrained=none", "train.cls_loss=softmax"])
+    model = build_model(config.model, 2, image_size=config.train.image_size)
+    with pytest.raises(ValueError, match="sigmoid head: train.cls_loss must be bce or focal"):
+        build_criterion(config, model)
+    with pytest.raises(ValueError, match="cls_loss must be one of"):
+        SSDCriterion(DeltaCoder(), cls_loss="hinge")
+
+
+# ---- data and training -------------------------------------------------------------------------
+
+
+def test_one_class_view_keeps_boxes_and_names_one_class():
+    records = [Record("a.jpg", 10, 10, [[0, 0, 5, 5], [1, 1, 4, 4]], [2, 0]), Record("b.jpg", 10, 10)]
+    merged = DetectionSet(records, ["a", "b", "c"]).one_class("thing")
+    assert merged.class_names == ["thing"] and merged.records[0].labels.tolist() == [0, 0]
+    assert merged.records[0].boxes.tolist() == records[0].boxes.tolist() and len(merged.records[1].boxes) == 0
+
+
+@pytest.mark.parametrize("kind", SSD_KINDS)
+def test_a_few_steps_on_one_batch_lower_the_loss(digits, tmp_path, kind):
+    # the smallest inputs each network is built for: the course's 4x4 grid needs 256 (C5 8x8),
+    # SSD300's valid 3x3 extra layers 300; the others shrink
+    size = {"toyssd": 64, "ssdlite": 96}.get(kind, load_config(kind).train.image_size[0])
+    overrides = [f"data.path={digits}", f"output={tmp_path}", "model.pretrained=none", "model.dropout=0.0",
+                 f"train.image_size=[{size}, {size}]", "train.batch_size=4", "model.frozen_bn=false",
+                 "train.augment=none"]  # fmt: skip
+    run = Trainer(load_config(kind, overrides))
+    run.model.train()
+    images, targets = next(iter(run.loader(0)))
+    first = run.losses(images, targets)["total"].item()
+    for group in run.optimizer.param_groups:
+        group["lr"] = 1e-3
+    for _ in range(25):
+        run.step(run.losses(images, targets))
+    assert run.losses(images, targets)["total"].item() < 0.8 * first
