@@ -225,3 +225,32 @@ def test_a_few_steps_on_one_batch_lower_the_loss(digits, tmp_path, kind):
     for _ in range(25):
         run.step(run.losses(images, targets))
     assert run.losses(images, targets)["total"].item() < 0.8 * first
+
+
+def test_one_class_toy_ssd_trains_evaluates_and_predicts_through_the_cli(digits, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from multibox import load
+    from multibox.cli import app
+
+    run = tmp_path / "run"
+    args = [f"data.path={digits}", f"output={run}", "train.image_size=[64, 64]", "train.batch_size=4",
+            "train.epochs=1", "train.warmup_steps=1"]  # fmt: skip
+    result = CliRunner().invoke(app, ["train", "--preset", "toyssd", *args])
+    assert result.exit_code == 0, result.output
+    assert "final: AP" in result.output
+    weights = run / "best.pt"
+    assert load(weights).class_names == ["digit"]
+    # the checkpoint's data.one_class applies to the ten-class dataset it is evaluated on
+    result = CliRunner().invoke(app, ["eval", "--weights", str(weights), "--data", str(digits), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert list(metrics["per_class_AP"]) == ["digit"] and 0 <= metrics["AP50"] <= 1
+    image = next((digits / "JPEGImages").glob("val_*.jpg"))
+    result = CliRunner().invoke(app, ["predict", "--weights", str(weights), str(image), "--out", str(tmp_path / "p"),
+                                      "--conf", "0"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    found = json.loads((tmp_path / "p" / "predictions.json").read_text())
+    assert found and {d["category_id"] for d in found} == {1}
