@@ -142,6 +142,12 @@ class OutConv(nn.Module):
         return _flatten(self.cls(x), self.columns), _flatten(self.box(x), 4)
 
 
+def _predict(outs: nn.ModuleList, features: list[Tensor]) -> DenseOutput:
+    """Each map through its :class:`OutConv`, the anchors of all maps in one ``DenseOutput``."""
+    cls_parts, box_parts = zip(*(out(x) for out, x in zip(outs, features, strict=True)), strict=True)
+    return DenseOutput(torch.cat(cls_parts, 1), torch.cat(box_parts, 1))
+
+
 def _predictor(in_channels: int, outputs: int, separable: bool) -> nn.Module:
     if not separable:
         return nn.Conv2d(in_channels, outputs, 3, padding=1)
@@ -234,13 +240,11 @@ class GridSSD(_DenseDetector):
         self._check_input(images)
         x = list(self.backbone(images).values())[-1]
         x = self.sconv0(self.drop(torch.relu(x)))
-        cls_parts, box_parts = [], []
-        for sconv, out in zip(self.sconvs, self.outs, strict=True):
+        grids = []
+        for sconv in self.sconvs:
             x = sconv(x)
-            cls, box = out(x)
-            cls_parts.append(cls)
-            box_parts.append(box)
-        return DenseOutput(torch.cat(cls_parts, 1), torch.cat(box_parts, 1))
+            grids.append(x)
+        return _predict(self.outs, grids)
 
 
 def _check_scales(scales: Sequence[float], levels: int) -> tuple[float, ...]:
@@ -293,13 +297,11 @@ class ToySSD(_DenseDetector):
 
     def forward(self, images: Tensor) -> DenseOutput:
         self._check_input(images)
-        x, cls_parts, box_parts = images, [], []
-        for block, out in zip(self.blocks, self.outs, strict=True):
+        x, features = images, []
+        for block in self.blocks:
             x = block(x)
-            cls, box = out(x)
-            cls_parts.append(cls)
-            box_parts.append(box)
-        return DenseOutput(torch.cat(cls_parts, 1), torch.cat(box_parts, 1))
+            features.append(x)
+        return _predict(self.outs, features)
 
 
 def _extra_block(in_channels: int, out_channels: int, padding: int, separable: bool) -> nn.Sequential:
@@ -382,9 +384,4 @@ class MobileNetSSD(_DenseDetector):
         for extra in self.extras:
             x = extra(x)
             features.append(x)
-        cls_parts, box_parts = [], []
-        for feature, out in zip(features, self.outs, strict=True):
-            cls, box = out(feature)
-            cls_parts.append(cls)
-            box_parts.append(box)
-        return DenseOutput(torch.cat(cls_parts, 1), torch.cat(box_parts, 1))
+        return _predict(self.outs, features)
