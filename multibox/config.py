@@ -240,7 +240,9 @@ PRESETS["multilabel"] = _single_object_preset("multilabel", score_thresh=0.5)
 def _ssd_preset(kind: str, image_size: int, model: dict | None = None, **train) -> dict:
     """The course's multibox steps on the digit scenes: the backbone and schedule of the
     single-object steps (MobileNetV2, ImageNet, offline), at the input size the network is built for."""
-    recipe = _single_object_preset(kind, **{"image_size": [image_size, image_size], "epochs": 3, "batch_size": 8, **train})
+    recipe = _single_object_preset(
+        kind, **{"image_size": [image_size, image_size], "epochs": 3, "batch_size": 8, **train}
+    )
     recipe["model"].update(model or {})
     return recipe
 

@@ -32,9 +32,7 @@ class Predictor:
         device: where to run.
     """
 
-    def __init__(
-        self, model: torch.nn.Module, config: Config, class_names: Sequence[str], device: str | None = None
-    ):
+    def __init__(self, model: torch.nn.Module, config: Config, class_names: Sequence[str], device: str | None = None):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.config = config
         self.memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format

@@ -27,3 +27,15 @@ def sample_set(folder: Path) -> DetectionSet:
         Record(paths[2], 48, 64, [[0, 0, 64, 48]], [1], image_id="img2"),
     ]
     return DetectionSet(records, ["cat", "dog", "bird"])
+
+
+def fit_one_batch(run, steps: int = 25, lr: float = 1e-3) -> tuple[float, float]:
+    """A Trainer's total loss on its first batch before and after ``steps`` steps on that batch alone."""
+    run.model.train()
+    images, targets = next(iter(run.loader(0)))
+    first = run.losses(images, targets)["total"].item()
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    for _ in range(steps):
+        run.step(run.losses(images, targets))
+    return first, run.losses(images, targets)["total"].item()

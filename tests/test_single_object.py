@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from data_helpers import fit_one_batch
 from typer.testing import CliRunner
 
 from multibox.cli import app
@@ -114,16 +115,9 @@ def test_a_few_steps_on_one_batch_lower_the_loss(digits, tmp_path, task):
     # BatchNorm with batch statistics: a random-weight ResNet with frozen BatchNorm has no
     # normalisation, and its C5 is too large for a flattening head to learn from in 15 steps
     overrides = [f"data.path={digits}", f"output={tmp_path}", *TINY, "model.dropout=0.0", "model.frozen_bn=false"]
-    config = load_config(task, overrides)
-    run = Trainer(config)
-    run.model.train()
-    images, targets = next(iter(run.loader(0)))
-    first = run.losses(images, targets)["total"].item()
-    for group in run.optimizer.param_groups:
-        group["lr"] = 1e-3
-    for _ in range(25):
-        run.step(run.losses(images, targets))
-    assert run.losses(images, targets)["total"].item() < 0.8 * first
+    run = Trainer(load_config(task, overrides))
+    first, last = fit_one_batch(run)
+    assert last < 0.8 * first
 
 
 def test_the_backbone_learns_at_its_own_rate(digits, tmp_path):

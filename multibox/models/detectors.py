@@ -8,14 +8,14 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from ..anchors import RETINA_RATIOS, RETINA_SCALES, RETINA_SIZES, RETINA_STRIDES, pyramid_anchors, pyramid_grid_sizes
-from ..coding import DeltaCoder
+from ..coding import DeltaCoder, TanhCoder
 from ..postprocess import postprocess
 from ..structures import DenseOutput, Detections
 from .backbones import build_backbone
 from .heads import RetinaNetHead
 from .necks import FeatureExtractor, retinanet_fpn
 
-__all__ = ["AnchorConfig", "RetinaNet"]
+__all__ = ["AnchorConfig", "DenseDetector", "RetinaNet"]
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,52 @@ class AnchorConfig:
         return len(self.scales) * len(self.ratios)
 
 
-class RetinaNet(nn.Module):
+class DenseDetector(nn.Module):
+    """What the detectors with anchors share: ``detect`` from their ``anchors``, ``level_sizes``,
+    box ``coder`` and class ``activation``. A head with ``background_column`` has ``K + 1``
+    class outputs, the background in column 0; a sigmoid head ignores that column."""
+
+    coder: DeltaCoder | TanhCoder = DeltaCoder()
+    activation = "sigmoid"
+    background_column = False
+
+    def anchors(self, image_size: Sequence[int]) -> Tensor:
+        raise NotImplementedError
+
+    def level_sizes(self, image_size: Sequence[int]) -> list[int]:
+        raise NotImplementedError
+
+    def detect(
+        self,
+        output: DenseOutput,
+        image_size: Sequence[int],
+        score_thresh: float = 0.05,
+        topk: int = 1000,
+        nms_iou: float = 0.5,
+        max_det: int = 100,
+    ) -> list[Detections]:
+        """Detections (input pixels) of a batch of ``image_size`` inputs: score threshold, top-k
+        per level, decoding, class-wise NMS, ``max_det`` per image."""
+        cls_logits, box_deltas = output
+        if self.background_column and self.activation == "sigmoid":
+            cls_logits = cls_logits[..., 1:]
+        size = (int(image_size[0]), int(image_size[1]))
+        return postprocess(
+            cls_logits,
+            box_deltas,
+            self.anchors(size).to(cls_logits.device),
+            [size] * cls_logits.shape[0],
+            coder=self.coder,
+            level_sizes=self.level_sizes(size),
+            activation=self.activation,
+            score_thresh=score_thresh,
+            topk=topk,
+            nms_iou=nms_iou,
+            max_det=max_det,
+        )
+
+
+class RetinaNet(DenseDetector):
     """RetinaNet (Lin et al. 2017): images ``[B, 3, H, W]`` (normalised) -> ``DenseOutput``.
 
     The same output in training and evaluation: ``cls_logits [B, A, K]`` and ``box_deltas
@@ -90,30 +135,6 @@ class RetinaNet(nn.Module):
     def forward(self, images: Tensor) -> DenseOutput:
         cls_logits, box_deltas = self.head(self.backbone(images))
         return DenseOutput(cls_logits, box_deltas)
-
-    def detect(
-        self,
-        output: DenseOutput,
-        image_size: Sequence[int],
-        score_thresh: float = 0.05,
-        topk: int = 1000,
-        nms_iou: float = 0.5,
-        max_det: int = 100,
-    ) -> list[Detections]:
-        """Detections (input pixels) of a batch of ``image_size`` inputs: score threshold, top-k
-        per level, decoding, class-wise NMS, ``max_det`` per image."""
-        size = (int(image_size[0]), int(image_size[1]))
-        return postprocess(
-            *output,
-            self.anchors(size).to(output.cls_logits.device),
-            [size] * output.cls_logits.shape[0],
-            coder=DeltaCoder(),
-            level_sizes=self.level_sizes(size),
-            score_thresh=score_thresh,
-            topk=topk,
-            nms_iou=nms_iou,
-            max_det=max_det,
-        )
 
     def anchors(self, image_size: Sequence[int]) -> Tensor:
         """``[A, 4]`` xyxy anchors for inputs of ``image_size = (height, width)``, in output order."""

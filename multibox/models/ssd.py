@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from itertools import pairwise
 
 import torch
 from torch import Tensor, nn
 
 from ..anchors import SSD300_SCALES, TOY_SSD, grid_anchors, grid_cell_sizes, ssd_default_boxes
 from ..coding import DeltaCoder, TanhCoder
-from ..postprocess import postprocess
-from ..structures import DenseOutput, Detections
+from ..structures import DenseOutput
 from .backbones import build_backbone
+from .detectors import DenseDetector
 
 __all__ = ["SSD_KINDS", "SSD_VARIANCES", "GridSSD", "MobileNetSSD", "OutConv", "StdConv", "ToySSD"]
 
@@ -48,12 +49,12 @@ def _flatten(y: Tensor, per_anchor: int) -> Tensor:
     return y.view(b, -1, per_anchor, h, w).permute(0, 3, 4, 1, 2).reshape(b, -1, per_anchor)
 
 
-class _DenseDetector(nn.Module):
-    """What the SSD-family networks share: fixed input size, anchors, coder and detect."""
+class _FixedSizeDetector(DenseDetector):
+    """What the SSD-family networks share: one input size, its anchors, ``K + 1`` class columns."""
 
     activation = "softmax"
+    background_column = True
     image_size: tuple[int, int]
-    coder: DeltaCoder | TanhCoder
     _anchors: Tensor
     _level_sizes: list[int]
 
@@ -73,40 +74,6 @@ class _DenseDetector(nn.Module):
     def level_sizes(self, image_size: Sequence[int] | None = None) -> list[int]:
         """Anchors per feature map, for per-level top-k in post-processing."""
         return list(self._level_sizes)
-
-    def class_scores(self, cls_logits: Tensor) -> Tensor:
-        """Per-anchor foreground probabilities ``[B, A, K]``."""
-        if self.activation == "softmax":
-            return cls_logits.softmax(dim=-1)[..., 1:]
-        return cls_logits[..., 1:].sigmoid()
-
-    def detect(
-        self,
-        output: DenseOutput,
-        image_size: Sequence[int],
-        score_thresh: float = 0.05,
-        topk: int = 1000,
-        nms_iou: float = 0.5,
-        max_det: int = 100,
-    ) -> list[Detections]:
-        """Detections (input pixels): score threshold, top-k per feature map, decoding, class-wise NMS."""
-        cls_logits, box_deltas = output
-        if self.activation == "sigmoid":  # the background column is not a class of a sigmoid head
-            cls_logits = cls_logits[..., 1:]
-        size = (int(image_size[0]), int(image_size[1]))
-        return postprocess(
-            cls_logits,
-            box_deltas,
-            self.anchors(size).to(cls_logits.device),
-            [size] * cls_logits.shape[0],
-            coder=self.coder,
-            level_sizes=self.level_sizes(),
-            activation=self.activation,
-            score_thresh=score_thresh,
-            topk=topk,
-            nms_iou=nms_iou,
-            max_det=max_det,
-        )
 
 
 class StdConv(nn.Sequential):
@@ -171,7 +138,7 @@ def _stride2(side: int, times: int = 1) -> int:
     return side
 
 
-class GridSSD(_DenseDetector):
+class GridSSD(_FixedSizeDetector):
     """The course's SSD head on a backbone's C5 (fastai part 2, lesson 9).
 
     ``grids=1``: the 4x4 grid with one anchor per cell (``ssd_grid``); ``grids=3``: 4x4, 2x2 and
@@ -248,7 +215,7 @@ class GridSSD(_DenseDetector):
 
 
 def _check_scales(scales: Sequence[float], levels: int) -> tuple[float, ...]:
-    if len(scales) != levels + 1 or not all(0 < a < b for a, b in zip(scales, scales[1:], strict=False)):
+    if len(scales) != levels + 1 or not all(0 < a < b for a, b in pairwise(scales)):
         raise ValueError(f"scales must be {levels + 1} increasing positive fractions of the side, got {list(scales)}")
     return tuple(float(v) for v in scales)
 
@@ -261,7 +228,7 @@ def _down_sample_blk(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(*layers, nn.MaxPool2d(2))
 
 
-class ToySSD(_DenseDetector):
+class ToySSD(_FixedSizeDetector):
     """d2l.ai's ``TinySSD`` (section 14.7), trained from scratch: a base net of three
     down-sampling blocks (16, 32, 64 filters), three more blocks (128 filters) and a global max
     pool give five feature maps (32, 16, 8, 4 and 1 cells at 256x256), each with a 3x3 class and
@@ -323,7 +290,7 @@ def _extra_block(in_channels: int, out_channels: int, padding: int, separable: b
     )
 
 
-class MobileNetSSD(_DenseDetector):
+class MobileNetSSD(_FixedSizeDetector):
     """SSD (Liu et al. 2016) and SSDLite (Sandler et al. 2018) on MobileNetV2.
 
     Six feature maps: MobileNetV2's C3, C4 and C5 (strides 8, 16, 32) and three extra layers.
