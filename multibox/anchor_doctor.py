@@ -14,7 +14,7 @@ k-means, keeping the model's pyramid (strides and octave scales).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,14 +22,23 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .anchors import pyramid_anchors
+from .anchors import kmeans_anchors, pyramid_anchors
 from .boxes import box_iou
 from .data.io import read_image, write_image
 from .data.records import DetectionSet
 from .data.transforms import Augment, boxes_to_input, build_transform, input_size_of
 from .models.detectors import AnchorConfig
 
-__all__ = ["SIZE_BUCKETS", "Coverage", "anchor_coverage", "draw_missed", "suggest_anchors"]
+__all__ = [
+    "SIZE_BUCKETS",
+    "Coverage",
+    "FixedAnchors",
+    "anchor_coverage",
+    "draw_missed",
+    "fit_ssd_scales",
+    "fit_yolo_anchors",
+    "suggest_anchors",
+]
 
 # COCO's object sizes by area, here in network-input pixels (what the anchors see)
 SIZE_BUCKETS = (("small", 0.0, 32.0**2), ("medium", 32.0**2, 96.0**2), ("large", 96.0**2, math.inf))
@@ -39,6 +48,21 @@ _CHUNK = 256  # boxes per IoU block (256 x 49,104 anchors of a 512 input: 100 MB
 
 def _mean(values: Tensor) -> float | None:
     return float(values.float().mean()) if values.numel() else None
+
+
+@dataclass(frozen=True)
+class FixedAnchors:
+    """The anchors of a network built for one input size (the SSD family, YOLOv3).
+
+    Attributes:
+        boxes: ``[A, 4]`` xyxy anchors in input pixels (``model.anchors()``).
+        image_size: the ``(height, width)`` they are for.
+        description: what they are, for the table's first line.
+    """
+
+    boxes: Tensor
+    image_size: tuple[int, int]
+    description: str
 
 
 @dataclass
@@ -55,7 +79,7 @@ class Coverage:
         images: ``[N]`` index of each box's record in the dataset.
     """
 
-    anchors: AnchorConfig
+    anchors: AnchorConfig | FixedAnchors
     pos_iou: float
     neg_iou: float
     best_iou: Tensor
@@ -96,9 +120,14 @@ class Coverage:
     def table(self) -> str:
         """The coverage table as aligned text."""
         c = self.anchors
+        header = (
+            f"anchors: {c.description}"
+            if isinstance(c, FixedAnchors)
+            else f"anchors: strides {list(c.strides)}, sizes {[round(s, 1) for s in c.sizes]}, "
+            f"scales {[round(s, 3) for s in c.scales]}, ratios (h/w) {[round(r, 2) for r in c.ratios]}"
+        )
         lines = [
-            f"anchors: strides {list(c.strides)}, sizes {[round(s, 1) for s in c.sizes]}, "
-            f"scales {[round(s, 3) for s in c.scales]}, ratios (h/w) {[round(r, 2) for r in c.ratios]}",
+            header,
             f"{'objects':<8} {'count':>7} {'IoU>=' + format(self.pos_iou, 'g'):>9} "
             f"{'IoU>=' + format(self.neg_iou, 'g'):>9} {'positives':>10} {'none':>6}",
         ]
@@ -126,9 +155,12 @@ class Coverage:
                 entry["image"] = str(dataset.records[entry["image"]].image_path)
             missed.append(entry)
         c = self.anchors
-        settings = {"strides": c.strides, "sizes": c.sizes, "scales": c.scales, "ratios": c.ratios}
+        if isinstance(c, FixedAnchors):
+            settings = {"description": c.description, "count": len(c.boxes)}
+        else:
+            settings = {key: list(getattr(c, key)) for key in ("strides", "sizes", "scales", "ratios")}
         return {
-            "anchors": {key: list(value) for key, value in settings.items()},
+            "anchors": settings,
             "rows": self.rows,
             "missed": missed,
         }
@@ -149,11 +181,22 @@ def _input_boxes(data: DetectionSet, image_size: Sequence[int], resize: str):
     return {size: (torch.cat(b), torch.cat(i)) for size, (b, i) in groups.items()}
 
 
-def _match_quality(groups: dict, anchors: AnchorConfig, pos_iou: float):
+def _grid(anchors: AnchorConfig | FixedAnchors, size: tuple[int, int]) -> Tensor:
+    if isinstance(anchors, FixedAnchors):
+        if tuple(size) != tuple(anchors.image_size):
+            raise ValueError(
+                f"these anchors are for {anchors.image_size[0]}x{anchors.image_size[1]} inputs, and resizing makes "
+                f"{size[0]}x{size[1]} ones: networks built for one input size take train.resize squish or letterbox"
+            )
+        return anchors.boxes.double()
+    return pyramid_anchors(size, anchors.strides, anchors.sizes, anchors.scales, anchors.ratios).double()
+
+
+def _match_quality(groups: dict, anchors: AnchorConfig | FixedAnchors, pos_iou: float):
     """Best IoU, best anchor and positive count of every box of ``groups`` (see :func:`_input_boxes`)."""
     best_iou, best_anchor, positives = [], [], []
     for size, (boxes, _) in groups.items():
-        grid = pyramid_anchors(size, anchors.strides, anchors.sizes, anchors.scales, anchors.ratios).double()
+        grid = _grid(anchors, size)
         for start in range(0, len(boxes), _CHUNK):
             iou = box_iou(boxes[start : start + _CHUNK], grid)  # [n, A]
             value, where = iou.max(dim=1)
@@ -172,7 +215,7 @@ def _check(pos_iou: float, neg_iou: float, groups: dict) -> None:
 
 def anchor_coverage(
     data: DetectionSet,
-    anchors: AnchorConfig,
+    anchors: AnchorConfig | FixedAnchors,
     image_size: Sequence[int],
     resize: str = "squish",
     pos_iou: float = 0.5,
@@ -183,6 +226,8 @@ def anchor_coverage(
     Every box is mapped to input pixels as the evaluation pipeline resizes its image
     (``resize``: squish, letterbox or minmax), then compared with every anchor of that
     input size (exact IoU, anchors at their grid positions, not only their shapes).
+    ``anchors`` are RetinaNet's settings (anchors for any input size) or the
+    :class:`FixedAnchors` of a network built for ``image_size``.
     """
     groups = _input_boxes(data, image_size, resize)
     _check(pos_iou, neg_iou, groups)
@@ -264,6 +309,67 @@ def suggest_anchors(
         score = float((_match_quality(subset, candidate, pos_iou)[0] >= pos_iou).float().mean())
         if score > best_score:
             best, best_score = candidate, score
+    return best
+
+
+def fit_yolo_anchors(
+    data: DetectionSet, image_size: Sequence[int], resize: str = "squish", k: int = 9, seed: int = 0
+) -> tuple[tuple[float, float], ...]:
+    """YOLO's anchors for ``data``: :func:`~multibox.anchors.kmeans_anchors` (``1 - IoU`` k-means)
+    on the boxes' widths and heights in network-input pixels, small to large, rounded to 0.1."""
+    groups = _input_boxes(data, image_size, resize)
+    if not groups:
+        raise ValueError("the dataset has no boxes to fit anchors to; give model.yolo_anchors")
+    boxes = torch.cat([b for b, _ in groups.values()])
+    wh = boxes[:, 2:] - boxes[:, :2]
+    wh = wh[(wh > 0).all(dim=1)]
+    if len(wh) < k:
+        raise ValueError(f"{len(wh)} boxes are too few to fit {k} anchors; give model.yolo_anchors")
+    shapes = kmeans_anchors(wh, k, seed=seed)
+    return tuple((round(float(w), 1), round(float(h), 1)) for w, h in shapes)
+
+
+def fit_ssd_scales(
+    data: DetectionSet,
+    anchors_for: Callable[[tuple[float, ...]], Tensor],
+    levels: int,
+    image_size: Sequence[int],
+    resize: str = "squish",
+    pos_iou: float = 0.5,
+    sample: int = 2000,
+    seed: int = 0,
+) -> tuple[float, ...]:
+    """``model.ssd_scales`` fitted to ``data``: SSD's ``levels + 1`` default-box scales (fractions
+    of the side).
+
+    As :func:`suggest_anchors` does for RetinaNet's sizes: k-means on the boxes' log sizes
+    ``sqrt(w h)`` gives one scale per level for the ``n`` finest levels, coarser levels double
+    the scale per level; every ``n`` is tried on the anchors that ``anchors_for(scales)`` builds
+    (``[A, 4]`` for ``image_size``) and the fit whose best anchors reach ``pos_iou`` for the most
+    boxes of a seeded sample of ``sample`` is returned.
+    """
+    groups = _input_boxes(data, image_size, resize)
+    _check(pos_iou, pos_iou, groups)
+    boxes = torch.cat([b for b, _ in groups.values()])
+    wh = boxes[:, 2:] - boxes[:, :2]
+    wh = wh[(wh > 0).all(dim=1)]
+    if len(wh) < levels:
+        raise ValueError(f"need at least {levels} boxes to fit {levels} scales, got {len(wh)}")
+    side = math.sqrt(float(image_size[0]) * float(image_size[1]))
+    log_sizes = 0.5 * torch.log(wh[:, 0] * wh[:, 1])
+    subset = _sample(groups, sample, seed)
+    size = (int(image_size[0]), int(image_size[1]))
+    best, best_score = None, -1.0
+    for active in range(1, levels + 1):
+        fitted = [float(v) / side for v in _kmeans_1d(log_sizes, active).exp()]
+        for k in range(1, active):  # k-means on few distinct sizes may tie: keep them increasing
+            fitted[k] = max(fitted[k], fitted[k - 1] * 1.05)
+        scales = fitted + [fitted[-1] * 2.0 ** (i + 1) for i in range(levels + 1 - active)]
+        scales = tuple(round(v, 3) for v in scales)
+        fixed = FixedAnchors(anchors_for(scales), size, "")
+        score = float((_match_quality(subset, fixed, pos_iou)[0] >= pos_iou).float().mean())
+        if score > best_score:
+            best, best_score = scales, score
     return best
 
 

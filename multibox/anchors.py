@@ -22,6 +22,7 @@ __all__ = [
     "pyramid_grid_sizes",
     "ssd_default_boxes",
     "wh_iou",
+    "yolo_anchors",
 ]
 
 # RetinaNet defaults (Lin et al. 2017): P3-P7, one base size per level, 3 scales x 3 ratios.
@@ -221,6 +222,42 @@ def ssd_default_boxes(
         levels.append(torch.cat((ctr - half, ctr + half), dim=-1).reshape(-1, 4))
     scale = torch.tensor([width, height, width, height], dtype=torch.float32)
     return torch.cat(levels) * scale
+
+
+def yolo_anchors(
+    image_size: int | Sequence[int],
+    strides: Sequence[int],
+    shapes: Sequence[Sequence[Sequence[float]]],
+    grid_sizes: Sequence[Sequence[int]] | None = None,
+) -> Tensor:
+    """YOLO's anchors: fixed ``(width, height)`` shapes at the centre of every cell.
+
+    Args:
+        image_size: ``(height, width)`` of the network input in pixels (or one int).
+        strides: pixel stride of each output level.
+        shapes: per level, its anchor shapes ``[(w, h), ...]`` in pixels (YOLOv3: three per
+            level, the 9 k-means shapes from small to large over strides 8, 16, 32).
+        grid_sizes: ``(rows, cols)`` per level; defaults to :func:`pyramid_grid_sizes`.
+
+    Returns:
+        ``[A, 4]`` xyxy anchors centred at ``((col + 0.5) * stride, (row + 0.5) * stride)``,
+        ordered level, row, column, then shape.
+    """
+    if len(shapes) != len(strides):
+        raise ValueError(f"shapes need one list per level: {len(strides)} strides, got {len(shapes)}")
+    grids = list(grid_sizes) if grid_sizes is not None else pyramid_grid_sizes(image_size, strides)
+    levels = []
+    for (rows, cols), stride, level_shapes in zip(grids, strides, shapes, strict=True):
+        wh = torch.as_tensor(level_shapes, dtype=torch.float32).reshape(-1, 2)
+        if not bool((wh > 0).all()):
+            raise ValueError(f"anchor shapes must be positive (width, height) pairs, got {wh.tolist()}")
+        cx = (torch.arange(cols, dtype=torch.float32) + 0.5) * stride
+        cy = (torch.arange(rows, dtype=torch.float32) + 0.5) * stride
+        sy, sx = torch.meshgrid(cy, cx, indexing="ij")
+        centres = torch.stack((sx, sy, sx, sy), dim=-1).reshape(-1, 1, 4)
+        half = torch.cat((-wh, wh), dim=1) / 2
+        levels.append((centres + half[None]).reshape(-1, 4))
+    return torch.cat(levels)
 
 
 def wh_iou(wh1: Tensor, wh2: Tensor) -> Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -186,40 +187,80 @@ def anchors(
     """Anchor doctor: can every object be matched? Coverage by size, missed boxes, fitted anchors.
 
     For each ground-truth box (resized as the network sees it): does its best anchor reach IoU 0.5
-    (and 0.4), and how many positive anchors does it get; a picture of boxes no anchor catches;
-    anchor sizes and ratios fitted with k-means, with the same table and the overrides to use them.
+    (and 0.4), and how many anchors reach it; a picture of boxes no anchor catches; anchors fitted
+    with k-means (RetinaNet: sizes and ratios; YOLOv3: its nine shapes; SSD: its scales), with the
+    same table and the overrides to use them. The course's grid SSDs have nothing to fit.
 
     Example: multibox anchors --data data/digits --preset retinanet_r50_fpn --image-size 256
     """
-    from .anchor_doctor import anchor_coverage, draw_missed, suggest_anchors
     from .config import load_config
     from .data import load_dataset
-    from .data.io import atomic_write_text
-    from .models import AnchorConfig
+    from .models import SINGLE_TASKS
 
     try:
         config = load_config(preset, [])
-        if config.model.kind != "retinanet":
-            raise ValueError(
-                f"preset '{preset}' is a {config.model.kind} network: the anchor doctor checks RetinaNet's anchor "
-                f"settings (model.anchor_*), and the SSD family's anchors are not covered yet"
-            )
+        if config.model.kind in SINGLE_TASKS:
+            raise ValueError(f"'{preset}' is a {config.model.kind} network, without anchors: give a detector's preset")
         size = (image_size, image_size) if image_size else tuple(config.train.image_size)
         dataset, _ = load_dataset(data, split, config.data.format)
-        m, t = config.model, config.train
-        current = AnchorConfig(tuple(m.anchor_strides), tuple(m.anchor_sizes), tuple(m.anchor_scales),
-                               tuple(m.anchor_ratios))  # fmt: skip
-        coverage = anchor_coverage(dataset, current, size, t.resize, t.pos_iou, t.neg_iou)
-        fitted = suggest_anchors(dataset, current, size, t.resize, t.pos_iou)
-        suggested = anchor_coverage(dataset, fitted, size, t.resize, t.pos_iou, t.neg_iou)
+        coverage, suggested, overrides = _anchor_doctor(config, dataset, size)
     except (ConfigError, DataError, ValueError) as error:
         _fail(error)
+    _anchor_report(data, split, preset, size, config.train, dataset, coverage, suggested, overrides, out)
+
+
+def _anchor_doctor(config, dataset, size):
+    """Coverage of the preset's anchors, and of fitted ones (or None) with the overrides to use them."""
+    from .anchor_doctor import FixedAnchors, anchor_coverage, fit_ssd_scales, fit_yolo_anchors, suggest_anchors
+    from .engine.train import build_model
+    from .models import AnchorConfig
+
+    m, t = config.model, config.train
+
+    def measure(anchors):
+        return anchor_coverage(dataset, anchors, size, t.resize, t.pos_iou, t.neg_iou)
+
+    if m.kind == "retinanet":
+        current = AnchorConfig(tuple(m.anchor_strides), tuple(m.anchor_sizes), tuple(m.anchor_scales),
+                               tuple(m.anchor_ratios))  # fmt: skip
+        fitted = suggest_anchors(dataset, current, size, t.resize, t.pos_iou)
+        overrides = f"model.anchor_sizes=[{', '.join(f'{s:g}' for s in fitted.sizes)}] " + (
+            f"model.anchor_ratios=[{', '.join(f'{r:g}' for r in fitted.ratios)}]"
+        )
+        return measure(current), measure(fitted), overrides
+
+    def fixed(model_config, description: str):
+        model = build_model(model_config, len(dataset.class_names), pretrained="none", image_size=size)
+        boxes = model.anchors(size)
+        return FixedAnchors(boxes, size, f"{len(boxes)} {m.kind} anchors at {size[0]}x{size[1]}, {description}")
+
+    if m.kind == "yolov3":
+        given = "model.yolo_anchors" if m.yolo_anchors else "YOLOv3's COCO shapes scaled (training fits its own)"
+        shapes = fit_yolo_anchors(dataset, size, t.resize)
+        fitted = dataclasses.replace(m, yolo_anchors=shapes)
+        overrides = "model.yolo_anchors=[" + ", ".join(f"[{w:g}, {h:g}]" for w, h in shapes) + "]"
+        return measure(fixed(m, given)), measure(fixed(fitted, "k-means shapes")), overrides
+    current = measure(fixed(m, f"scales {list(m.ssd_scales)}" if m.ssd_scales else "the preset's geometry"))
+    if m.kind in ("ssd_grid", "ssd_multihead"):
+        return current, None, ""
+
+    def ssd_anchors(scales):
+        return build_model(dataclasses.replace(m, ssd_scales=scales), 1, pretrained="none", image_size=size).anchors()
+
+    levels = len(build_model(m, 1, pretrained="none", image_size=size).level_sizes())
+    scales = fit_ssd_scales(dataset, ssd_anchors, levels, size, t.resize, t.pos_iou)
+    fitted = dataclasses.replace(m, ssd_scales=scales)
+    overrides = f"model.ssd_scales=[{', '.join(f'{v:g}' for v in scales)}]"
+    return current, measure(fixed(fitted, f"fitted scales {list(scales)}")), overrides
+
+
+def _anchor_report(data, split, preset, size, t, dataset, coverage, suggested, overrides, out) -> None:
+    from .anchor_doctor import draw_missed
+    from .data.io import atomic_write_text
+
     out.mkdir(parents=True, exist_ok=True)
     picture = out / "anchors_missed.png"
     drawn = draw_missed(coverage, dataset, size, t.resize, picture)
-    overrides = f"model.anchor_sizes=[{', '.join(f'{s:g}' for s in fitted.sizes)}] " + (
-        f"model.anchor_ratios=[{', '.join(f'{r:g}' for r in fitted.ratios)}]"
-    )
     report = {
         "data": str(data),
         "split": split,
@@ -227,7 +268,7 @@ def anchors(
         "image_size": list(size),
         "resize": t.resize,
         "current": coverage.to_dict(dataset),
-        "suggested": {**suggested.to_dict(dataset), "overrides": overrides},
+        "suggested": {**suggested.to_dict(dataset), "overrides": overrides} if suggested is not None else None,
     }
     atomic_write_text(out / "anchors.json", json.dumps(report, indent=2))
     pos = f"IoU>={t.pos_iou:g}"
@@ -235,9 +276,12 @@ def anchors(
     typer.echo(f"{data} ({split}): {len(dataset.records)} images, {boxes} boxes at input {size[0]}x{size[1]}")
     typer.echo(f"\n{preset}:\n{coverage.table()}")
     typer.echo(f"{len(coverage.missed())} boxes have no anchor at {pos}" + (f" (worst: {picture})" if drawn else ""))
-    typer.echo(f"\nfitted (k-means):\n{suggested.table()}")
-    if suggested.matched > coverage.matched:
-        typer.echo(f"{pos}: {coverage.matched:.1%} -> {suggested.matched:.1%}; to use them: {overrides}")
+    if suggested is None:
+        typer.echo(f"\n{preset}'s anchors follow from its grids: there are no settings to fit")
     else:
-        typer.echo(f"{pos}: fitted {suggested.matched:.1%}, {preset}'s {coverage.matched:.1%}: keep the preset's")
+        typer.echo(f"\nfitted (k-means):\n{suggested.table()}")
+        if suggested.matched > coverage.matched:
+            typer.echo(f"{pos}: {coverage.matched:.1%} -> {suggested.matched:.1%}; to use them: {overrides}")
+        else:
+            typer.echo(f"{pos}: fitted {suggested.matched:.1%}, {preset}'s {coverage.matched:.1%}: keep the preset's")
     typer.echo(f"written: {out / 'anchors.json'}")

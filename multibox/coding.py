@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .boxes import check_boxes
 
-__all__ = ["DeltaCoder", "TanhCoder"]
+__all__ = ["DeltaCoder", "TanhCoder", "YOLOCoder"]
 
 _DEFAULT_CLAMP = math.log(1000.0 / 16)
 
@@ -183,4 +183,75 @@ class TanhCoder:
         cy = ay + t[..., 1] / 2 * cells[..., 1]
         half_w = (t[..., 2] / 2 + 1) * aw / 2
         half_h = (t[..., 3] / 2 + 1) * ah / 2
+        return torch.stack((cx - half_w, cy - half_h, cx + half_w, cy + half_h), dim=-1)
+
+
+class YOLOCoder:
+    """YOLO's grid-relative boxes, in the bounded form of YOLOv4-scaled and YOLOv5.
+
+    ``decode``: the centre moves ``(2 sigmoid(t) - 1)`` strides from the anchor's cell centre
+    (up to one cell each way, so that a box can be predicted from a neighbouring cell too), and
+    each side is ``(2 sigmoid(t))^2`` times the anchor's (0 to 4x). YOLOv3's ``exp`` sizes are
+    unbounded; the squared sigmoid keeps the IoU losses' gradients finite from the first step.
+    ``encode`` inverts it; a box beyond that reach is encoded as the nearest reachable one.
+
+    Args:
+        strides: the stride (cell side, pixels) of each anchor's feature map, ``[A]``.
+            ``encode`` and ``decode`` then take all ``A`` anchors (the last-but-one dimension of
+            their inputs), or ``anchor_index`` into them.
+    """
+
+    _LIMIT = 1 - 1e-6
+
+    def __init__(self, strides: Tensor):
+        strides = torch.as_tensor(strides, dtype=torch.float32)
+        if strides.ndim != 1 or not bool((strides > 0).all()):
+            raise ValueError("strides must be positive, one per anchor: shape [A]")
+        self.strides = strides
+
+    def __repr__(self) -> str:
+        return f"YOLOCoder(anchors={len(self.strides)})"
+
+    def _strides(self, anchors: Tensor, anchor_index: Tensor | None) -> tuple[Tensor, Tensor]:
+        strides = self.strides.to(anchors.device, anchors.dtype)
+        if anchor_index is not None:
+            return anchors[anchor_index], strides[anchor_index]
+        if anchors.shape[-2] != len(strides):
+            raise ValueError(
+                f"this YOLOCoder was built for {len(strides)} anchors, got anchors of shape {list(anchors.shape)}"
+            )
+        return anchors, strides
+
+    def encode(self, anchors: Tensor, boxes: Tensor, anchor_index: Tensor | None = None) -> Tensor:
+        """Pre-``sigmoid`` outputs ``[..., 4]`` that decode to ``boxes [..., 4]``."""
+        anchors, strides = self._strides(anchors, anchor_index)
+        _check_sizes(anchors, "anchors")
+        _check_sizes(boxes, "boxes")
+        ax, ay, aw, ah = _centres(anchors)
+        bx, by, bw, bh = _centres(boxes)
+        squashed = torch.stack(
+            (
+                ((bx - ax) / strides + 1) / 2,
+                ((by - ay) / strides + 1) / 2,
+                torch.sqrt(bw / aw) / 2,
+                torch.sqrt(bh / ah) / 2,
+            ),
+            dim=-1,
+        )
+        return torch.logit(squashed.clamp(1 - self._LIMIT, self._LIMIT))
+
+    def decode(self, anchors: Tensor, deltas: Tensor, anchor_index: Tensor | None = None) -> Tensor:
+        """Boxes ``[..., 4]`` (xyxy, the anchors' pixels) from raw outputs ``[..., 4]``.
+
+        ``anchor_index`` works as in :meth:`DeltaCoder.decode`.
+        """
+        if deltas.shape[-1] != 4:
+            raise ValueError(f"deltas must have shape [..., 4], got shape {list(deltas.shape)}")
+        anchors, strides = self._strides(anchors.to(deltas.dtype), anchor_index)
+        ax, ay, aw, ah = _centres(anchors)
+        t = torch.sigmoid(deltas)
+        cx = ax + (2 * t[..., 0] - 1) * strides
+        cy = ay + (2 * t[..., 1] - 1) * strides
+        half_w = 2 * t[..., 2] ** 2 * aw
+        half_h = 2 * t[..., 3] ** 2 * ah
         return torch.stack((cx - half_w, cy - half_h, cx + half_w, cy + half_h), dim=-1)

@@ -55,7 +55,10 @@ class ModelConfig:
     ``dropout``), ``toyssd`` (:class:`multibox.models.ToySSD`, no settings), ``ssd300``,
     ``ssdlite`` (:class:`multibox.models.MobileNetSSD`: backbone settings). The ``anchor_*``
     settings are RetinaNet's; the SSD family's anchors follow from the input size and, for
-    ``toyssd``, ``ssd300`` and ``ssdlite``, from ``ssd_scales`` (empty: the paper's)."""
+    ``toyssd``, ``ssd300`` and ``ssdlite``, from ``ssd_scales`` (empty: the paper's). ``yolov3``
+    (:class:`multibox.models.YOLOv3`): backbone settings, ``fpn_channels`` as the neck's width at
+    stride 8, ``spp``, and ``yolo_anchors``, nine ``[w, h]`` in input pixels (empty: fitted to the
+    training boxes by k-means when training starts, then saved with the run)."""
 
     kind: str = "retinanet"
     backbone: str = "mobilenet_v2"
@@ -76,6 +79,8 @@ class ModelConfig:
     hidden: int = 256
     dropout: float = 0.5
     ssd_scales: tuple[float, ...] = ()
+    yolo_anchors: tuple[tuple[float, float], ...] = ()
+    spp: bool = False
 
 
 @dataclass
@@ -105,6 +110,7 @@ class TrainConfig:
     cls_loss: str = "focal"
     neg_pos_ratio: float = 3.0
     cls_weight: float = 20.0
+    obj_weight: float = 1.0
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
     pos_iou: float = 0.5
@@ -284,6 +290,23 @@ _SSD_TRAIN = {"augment": "ssd", "cls_loss": "softmax", "box_loss": "smooth_l1", 
 PRESETS["ssd300"] = _ssd_preset("ssd300", 300, **_SSD_TRAIN)
 PRESETS["ssdlite"] = _ssd_preset("ssdlite", 320, **_SSD_TRAIN)
 
+# YOLOv3's neck and heads on MobileNetV2 (ImageNet, offline) at 256x256 with SPP, anchors fitted by
+# k-means when training starts, CIoU, the mosaic augmentation; YOLOv5's loss weights with obj
+# scaled by (256 / 640)^2 as YOLOv5 scales it, box and cls raised for two epochs (configs/yolov3.yaml)
+PRESETS["yolov3"] = _ssd_preset(
+    "yolov3",
+    256,
+    {"fpn_channels": 32, "spp": True},
+    augment="mosaic",
+    epochs=2,
+    batch_size=16,
+    lr=0.003,
+    box_loss="ciou",
+    box_weight=0.2,
+    obj_weight=0.16,
+    cls_weight=1.0,
+)
+
 
 def preset(name: str) -> Config:
     """The named recipe of :data:`PRESETS` as a :class:`Config`."""
@@ -318,7 +341,7 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
     if isinstance(default, tuple):
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{where} must be a list, got {value!r}")
-        return tuple(value)
+        return tuple(tuple(v) if isinstance(v, list | tuple) else v for v in value)
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{where} must be true or false, got {value!r}")

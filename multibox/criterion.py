@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .boxes import box_area
-from .coding import DeltaCoder
+from .coding import DeltaCoder, YOLOCoder
 from .losses import (
     SMOOTH_L1_BETA,
     hard_negative_mining,
@@ -23,11 +23,18 @@ from .losses import (
     smooth_l1_loss,
     softmax_focal_loss,
 )
-from .matching import NEGATIVE, batch_iou, match_boxes, match_ssd, pad_batch
+from .matching import NEGATIVE, YOLO_RULES, batch_iou, match_boxes, match_ssd, match_yolo, pad_batch
 from .postprocess import Coder
 from .structures import DenseOutput
 
-__all__ = ["CLS_LOSSES", "RetinaNetCriterion", "SSDCriterion", "SingleObjectCriterion", "largest_objects"]
+__all__ = [
+    "CLS_LOSSES",
+    "RetinaNetCriterion",
+    "SSDCriterion",
+    "SingleObjectCriterion",
+    "YOLOCriterion",
+    "largest_objects",
+]
 
 _BOX_LOSSES = ("l1", "smooth_l1", "giou", "diou", "ciou")
 
@@ -285,3 +292,96 @@ class SSDCriterion:
         loss = torch.nn.functional.cross_entropy(flat_logits, flat_columns, reduction="none").view(columns.shape)
         keep = hard_negative_mining(loss, torch.where(positive, columns - 1, NEGATIVE), self.neg_pos_ratio)
         return (loss * keep).sum()
+
+
+@dataclass
+class YOLOCriterion:
+    """YOLO's losses: box IoU loss and class BCE on the assigned anchors, objectness BCE on all.
+
+    Anchors are assigned to boxes by :func:`~multibox.matching.match_yolo` (``rule``). On the
+    assigned anchors: ``box`` is the mean ``1 - CIoU`` (``box_loss``) of the decoded boxes and
+    ``cls`` the mean binary cross-entropy of the class logits against the one-hot class. On
+    every anchor: ``obj`` is the binary cross-entropy of the objectness logit (column 0)
+    against the IoU of the anchor's decoded box with its box (``objectness="iou"``, YOLOv5;
+    detached, at least 0) or 1 (``"one"``, YOLOv3), 0 for the unassigned anchors, averaged per
+    level and weighted by ``balance`` (YOLOv5's 4, 1, 0.4: the fine levels have more anchors,
+    almost all background). ``total`` is ``box_weight box + obj_weight obj + cls_weight cls``
+    (YOLOv5's 0.05, 1, 0.5 for COCO at 640; it scales ``cls`` by ``K / 80`` and ``obj`` by
+    ``(S / 640)^2``, as the ``yolov3`` preset does).
+
+    Attributes:
+        coder: the network's :class:`~multibox.coding.YOLOCoder` (its strides place the cells).
+        level_sizes: anchors per level, in anchor order (``model.level_sizes()``).
+        rule, max_ratio: the assignment (see :func:`~multibox.matching.match_yolo`).
+        box_loss: ``"iou"``, ``"giou"``, ``"diou"`` or ``"ciou"``.
+        objectness: ``"iou"`` or ``"one"``.
+        balance: objectness weight per level (empty: 1 for every level).
+        box_weight, obj_weight, cls_weight: weights in ``total``.
+    """
+
+    coder: YOLOCoder
+    level_sizes: Sequence[int]
+    rule: str = "ratio"
+    max_ratio: float = 4.0
+    box_loss: str = "ciou"
+    objectness: str = "iou"
+    balance: Sequence[float] = (4.0, 1.0, 0.4)
+    box_weight: float = 0.05
+    obj_weight: float = 1.0
+    cls_weight: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.rule not in YOLO_RULES:
+            raise ValueError(f"rule must be one of {YOLO_RULES}, got {self.rule!r}")
+        if self.box_loss not in ("iou", "giou", "diou", "ciou"):
+            raise ValueError(f"box_loss must be iou, giou, diou or ciou for YOLO, got {self.box_loss!r}")
+        if self.objectness not in ("iou", "one"):
+            raise ValueError(f"objectness must be 'iou' or 'one', got {self.objectness!r}")
+        if self.balance and len(self.balance) != len(self.level_sizes):
+            raise ValueError(f"balance needs one weight per level ({len(self.level_sizes)}), got {list(self.balance)}")
+
+    def match(self, anchors: Tensor, targets: Sequence[dict[str, Tensor]]) -> Tensor:
+        """``[B, A]`` index of each anchor's box in its image, or ``NEGATIVE``."""
+        strides = self.coder.strides.to(anchors)
+        return torch.stack([match_yolo(t["boxes"], anchors, strides, self.rule, self.max_ratio) for t in targets])
+
+    def __call__(
+        self, outputs: DenseOutput | tuple[Tensor, Tensor], anchors: Tensor, targets: Sequence[dict[str, Tensor]]
+    ) -> dict[str, Tensor]:
+        """Losses of a batch: ``{"box", "obj", "cls", "total"}`` (see the class)."""
+        cls_logits, box_deltas = outputs
+        if len(targets) != cls_logits.shape[0]:
+            raise ValueError(f"got {len(targets)} targets for a batch of {cls_logits.shape[0]} images")
+        if sum(self.level_sizes) != anchors.shape[0]:
+            raise ValueError(f"level_sizes {list(self.level_sizes)} do not add up to the {anchors.shape[0]} anchors")
+        matched = self.match(anchors, targets)
+        boxes, _ = pad_batch([t["boxes"] for t in targets])
+        classes, _ = pad_batch([t["labels"] for t in targets])
+        image, anchor = (matched >= 0).nonzero(as_tuple=True)  # [P]
+        index = matched[image, anchor]
+        target_boxes = boxes[image, index]
+        predicted = self.coder.decode(anchors, box_deltas[image, anchor], anchor_index=anchor)
+        zero = cls_logits.sum() * 0  # keeps the graph when no anchor is assigned
+        box = iou_loss(predicted, target_boxes, self.box_loss, reduction="mean") if len(image) else zero
+
+        logits = cls_logits[image, anchor, 1:]  # [P, K]
+        one_hot = torch.zeros_like(logits)
+        one_hot[torch.arange(len(image), device=logits.device), classes[image, index]] = 1.0
+        bce = torch.nn.functional.binary_cross_entropy_with_logits
+        cls = bce(logits, one_hot) if logits.numel() else zero
+
+        objectness = torch.zeros_like(cls_logits[..., 0])
+        if self.objectness == "iou":
+            with torch.no_grad():
+                quality = (1 - iou_loss(predicted.detach(), target_boxes, "iou")).clamp(min=0)
+            objectness[image, anchor] = quality.to(objectness.dtype)
+        else:
+            objectness[image, anchor] = 1.0
+        per_anchor = bce(cls_logits[..., 0], objectness, reduction="none")
+        weights = self.balance or [1.0] * len(self.level_sizes)
+        obj = sum(
+            weight * level.mean()
+            for weight, level in zip(weights, per_anchor.split(list(self.level_sizes), dim=1), strict=True)
+        )
+        total = self.box_weight * box + self.obj_weight * obj + self.cls_weight * cls
+        return {"cls": cls, "box": box, "obj": obj, "total": total}

@@ -17,7 +17,17 @@ from torch import Tensor
 
 from .boxes import _iou_family, check_boxes
 
-__all__ = ["IGNORE", "NEGATIVE", "batch_iou", "match", "match_boxes", "match_ssd", "pad_batch"]
+__all__ = [
+    "IGNORE",
+    "NEGATIVE",
+    "YOLO_RULES",
+    "batch_iou",
+    "match",
+    "match_boxes",
+    "match_ssd",
+    "match_yolo",
+    "pad_batch",
+]
 
 NEGATIVE = -1
 """Anchor matched to no box: it trains as background."""
@@ -236,3 +246,53 @@ def match_ssd(iou: Tensor, threshold: float = 0.5) -> Tensor:
     forced = torch.full_like(matches, NEGATIVE)
     forced.scatter_reduce_(-1, best_anchor, box_index, reduce="amax")
     return torch.where(forced >= 0, forced, matches)
+
+
+YOLO_RULES = ("best", "ratio")
+
+
+def match_yolo(boxes: Tensor, anchors: Tensor, strides: Tensor, rule: str = "ratio", max_ratio: float = 4.0) -> Tensor:
+    """YOLO's assignment of one image's boxes to anchors: by cell and by shape, not by IoU.
+
+    A box is a candidate for the anchors of the cell holding its centre. ``rule="best"``
+    (YOLOv3) keeps the one anchor shape of the 9 (all levels) whose shape IoU with the box
+    (:func:`~multibox.anchors.wh_iou`) is highest. ``rule="ratio"`` (YOLOv5) keeps every shape
+    whose width and height ratios with the box are within ``max_ratio`` either way, plus the best
+    shape, in the centre cell and in the two neighbouring cells nearest the centre (one across,
+    one up or down), which :class:`~multibox.coding.YOLOCoder`'s reach of one cell can still
+    serve. An anchor that is a candidate for several boxes takes the one of highest shape IoU.
+
+    Args:
+        boxes: ``[G, 4]`` xyxy boxes in pixels (``G`` may be 0).
+        anchors: ``[A, 4]`` xyxy anchors centred on their cells.
+        strides: ``[A]`` cell side of each anchor's level.
+        rule: ``"best"`` or ``"ratio"``.
+        max_ratio: YOLOv5's ``anchor_t``.
+
+    Returns:
+        ``[A]`` index of each anchor's box, or ``NEGATIVE``.
+    """
+    if rule not in YOLO_RULES:
+        raise ValueError(f"rule must be one of {YOLO_RULES}, got {rule!r}")
+    check_boxes(boxes, "boxes", allow_empty_extent=False)
+    matched = torch.full((len(anchors),), NEGATIVE, dtype=torch.long, device=anchors.device)
+    if len(boxes) == 0:
+        return matched
+    a_ctr, a_wh = (anchors[:, :2] + anchors[:, 2:]) / 2, anchors[:, 2:] - anchors[:, :2]
+    b_ctr, b_wh = (boxes[:, :2] + boxes[:, 2:]) / 2, boxes[:, 2:] - boxes[:, :2]
+    offset = (b_ctr[None] - a_ctr[:, None]) / strides[:, None, None]  # [A, G, 2], in cells
+    inside = (offset >= -0.5) & (offset < 0.5)  # the centre cell, per axis
+    inter = torch.minimum(a_wh[:, None], b_wh[None]).prod(dim=-1)  # shape IoU [A, G]
+    shape_iou = inter / (a_wh.prod(dim=-1)[:, None] + b_wh.prod(dim=-1)[None] - inter)
+    best_shape = shape_iou == shape_iou.max(dim=0, keepdim=True).values  # ties: every cell of that shape
+    if rule == "best":
+        candidate = inside.all(dim=-1) & best_shape
+    else:
+        near = offset.abs() < 1  # the centre cell and its nearest neighbour, per axis
+        cells = (near[..., 0] & inside[..., 1]) | (inside[..., 0] & near[..., 1])
+        ratio = b_wh[None] / a_wh[:, None]
+        fits = torch.maximum(ratio, 1 / ratio).amax(dim=-1) < max_ratio
+        candidate = cells & (fits | best_shape)
+    score = torch.where(candidate, shape_iou, -1.0)
+    value, index = score.max(dim=1)
+    return torch.where(value >= 0, index, matched)

@@ -31,7 +31,7 @@ __all__ = ["Coder", "SoftNMS", "nms_iou_matrix", "postprocess", "soft_nms"]
 
 
 class Coder(Protocol):
-    """What post-processing needs of a box coder (``DeltaCoder``, ``TanhCoder``)."""
+    """What post-processing needs of a box coder (``DeltaCoder``, ``TanhCoder``, ``YOLOCoder``)."""
 
     def decode(self, anchors: Tensor, deltas: Tensor, anchor_index: Tensor | None = None) -> Tensor:
         """Boxes ``[..., 4]`` (xyxy pixels) from ``deltas [..., 4]`` of ``anchors[anchor_index]``."""
@@ -85,14 +85,16 @@ def postprocess(
 
     Args:
         cls_logits: ``[B, A, K]`` raw class scores; for ``activation="softmax"``, ``[B, A, K + 1]``
-            with the background in column 0.
+            with the background in column 0; for ``"objectness"``, ``[B, A, K + 1]`` with the
+            objectness logit in column 0.
         box_deltas: ``[B, A, 4]`` regression outputs.
         anchors: ``[A, 4]`` xyxy anchors in input pixels.
         image_sizes: ``(height, width)`` of each image in input pixels, for clipping.
-        coder: decodes deltas into boxes (``DeltaCoder`` or ``TanhCoder``).
+        coder: decodes deltas into boxes (``DeltaCoder``, ``TanhCoder``, ``YOLOCoder``).
         level_sizes: anchors per pyramid level, in anchor order; top-k is taken per level.
             ``None`` treats all anchors as one level.
-        activation: ``"sigmoid"`` (independent classes) or ``"softmax"``.
+        activation: ``"sigmoid"`` (independent classes), ``"softmax"``, or ``"objectness"``
+            (YOLO: a class scores ``sigmoid(objectness) * sigmoid(class)``).
         score_thresh: candidates must score above this.
         topk: candidates kept per level and image before NMS.
         nms_iou: class-aware NMS discards a box whose IoU with a better box of its class is
@@ -135,10 +137,10 @@ def _check_inputs(cls_logits, box_deltas, anchors, image_sizes, level_sizes, act
         raise ValueError(f"image_sizes needs one (height, width) per image: {batch}, got {len(image_sizes)}")
     if level_sizes is not None and sum(level_sizes) != num_anchors:
         raise ValueError(f"level_sizes {list(level_sizes)} must add up to the {num_anchors} anchors")
-    if activation not in ("sigmoid", "softmax"):
-        raise ValueError(f"activation must be 'sigmoid' or 'softmax', got {activation!r}")
-    if activation == "softmax" and cls_logits.shape[-1] < 2:
-        raise ValueError("a softmax head needs a background column and at least one class")
+    if activation not in ("sigmoid", "softmax", "objectness"):
+        raise ValueError(f"activation must be 'sigmoid', 'softmax' or 'objectness', got {activation!r}")
+    if activation != "sigmoid" and cls_logits.shape[-1] < 2:
+        raise ValueError(f"a {activation} head needs its column 0 (background or objectness) and at least one class")
 
 
 def _candidates(
@@ -154,8 +156,12 @@ def _candidates(
         # threshold's logit), activate the candidates only, then apply the exact threshold.
         ranking = cls_logits
         bound = math.log(score_thresh / (1 - score_thresh)) - 1e-4 if 0 < score_thresh < 1 else None
-    else:
-        ranking = cls_logits.softmax(dim=-1)[..., 1:]
+    else:  # softmax: the foreground columns; objectness: P(object) x P(class | object)
+        ranking = (
+            cls_logits.softmax(dim=-1)[..., 1:]
+            if activation == "softmax"
+            else torch.sigmoid(cls_logits[..., :1]) * torch.sigmoid(cls_logits[..., 1:])
+        )
         bound = score_thresh if score_thresh > 0 else None
     batch, num_anchors, num_classes = ranking.shape
     values, flat_index = [], []

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from multibox.anchor_doctor import _kmeans_1d, anchor_coverage, draw_missed, suggest_anchors
+from multibox.anchor_doctor import FixedAnchors, _kmeans_1d, anchor_coverage, draw_missed, suggest_anchors
 from multibox.anchors import pyramid_anchors
 from multibox.config import preset
 from multibox.data import DetectionSet, load_dataset
@@ -136,5 +136,45 @@ def test_the_cli_names_a_missing_dataset_and_an_unknown_preset(tmp_path):
     assert result.exit_code == 2 and "nowhere: no such file or folder" in result.output
     result = CliRunner().invoke(app, ["anchors", "--data", str(tmp_path), "--preset", "retinanet_r5O_fpn"])
     assert result.exit_code == 2 and "did you mean 'retinanet_r50_fpn'" in result.output
-    result = CliRunner().invoke(app, ["anchors", "--data", str(tmp_path), "--preset", "ssd300"])
-    assert result.exit_code == 2 and "SSD family's anchors are not covered yet" in result.output
+    result = CliRunner().invoke(app, ["anchors", "--data", str(tmp_path), "--preset", "largest_cls"])
+    assert result.exit_code == 2 and "without anchors: give a detector's preset" in result.output
+
+
+def test_fixed_anchors_measure_as_the_same_anchors_given_by_settings(scenes):
+    grid = pyramid_anchors((64, 64), ANCHORS.strides, ANCHORS.sizes, ANCHORS.scales, ANCHORS.ratios)
+    fixed = FixedAnchors(grid, (64, 64), "the same grid")
+    by_settings = anchor_coverage(scenes, ANCHORS, (64, 64), "squish")
+    by_boxes = anchor_coverage(scenes, fixed, (64, 64), "squish")
+    assert torch.equal(by_boxes.best_iou, by_settings.best_iou) and by_boxes.rows == by_settings.rows
+    assert (
+        by_boxes.table().splitlines()[0] == "anchors: the same grid"
+        and by_boxes.to_dict()["anchors"]["count"] == 8 * 8 * 6 + 4 * 4 * 6
+    )
+    with pytest.raises(ValueError, match="networks built for one input size"):
+        anchor_coverage(scenes, fixed, (64, 64), "minmax")  # minmax gives other sizes
+
+
+@pytest.mark.parametrize(
+    ("name", "setting"), [("yolov3", "model.yolo_anchors=[["), ("toyssd", "model.ssd_scales=["), ("ssd_grid", None)]
+)
+def test_the_cli_checks_and_fits_the_ssd_family_and_yolo(digits, tmp_path, name, setting):
+    import json
+
+    from typer.testing import CliRunner
+
+    from multibox.cli import app
+
+    out = tmp_path / "doctor"
+    args = ["anchors", "--data", str(digits), "--preset", name, "--image-size", "128", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "anchors.json").read_text())
+    data, _ = load_dataset(digits, "train")
+    boxes = sum(len(r.boxes) for r in data.records)
+    assert report["current"]["rows"][-1]["count"] == boxes and f"{name} anchors at 128x128" in result.output
+    if setting is None:
+        assert report["suggested"] is None and "no settings to fit" in result.output
+        return
+    current, fitted = report["current"]["rows"][-1], report["suggested"]["rows"][-1]
+    assert report["suggested"]["overrides"].startswith(setting)
+    assert fitted["iou>=0.5"] >= current["iou>=0.5"], result.output

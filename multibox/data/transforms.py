@@ -135,14 +135,17 @@ def mosaic(samples: Sequence[Sample], size: int, rng: np.random.Generator, min_k
     """Four images into one ``size x size`` image around a random centre (the YOLOv4/v5 mosaic).
 
     Each image is scaled so that its long side is ``size``, placed in one quadrant of a
-    ``2 size`` canvas meeting at a random centre, and the canvas is halved. Boxes are shifted
-    and clipped; remnants keeping less than ``min_keep`` of their area, or under 2 pixels
-    wide or high, are dropped.
+    ``2 size`` canvas meeting at a random centre in the middle half, and the canvas's middle
+    ``size x size`` window is kept (YOLOv5's mosaic before its random affine): objects keep
+    the scale a letterboxed input gives them, so anchors fitted to the data still fit. Boxes
+    are shifted and clipped; remnants keeping less than ``min_keep`` of their area, or under
+    2 pixels wide or high, are dropped.
     """
     if len(samples) != 4:
         raise ValueError(f"mosaic takes 4 samples, got {len(samples)}")
     canvas = np.full((2 * size, 2 * size, 3), PAD_VALUE, np.uint8)
     xc, yc = (int(v) for v in rng.uniform(0.5 * size, 1.5 * size, size=2))
+    low, high = size // 2, size // 2 + size  # the window kept
     all_boxes, all_labels = [], []
     for quadrant, (image, boxes, labels) in enumerate(samples):
         scale = size / max(image.shape[:2])
@@ -155,14 +158,16 @@ def mosaic(samples: Sequence[Sample], size: int, rng: np.random.Generator, min_k
         cx2, cy2 = min(x0 + w, 2 * size), min(y0 + h, 2 * size)
         canvas[cy1:cy2, cx1:cx2] = image[cy1 - y0 : cy2 - y0, cx1 - x0 : cx2 - x0]
         placed = boxes * scale + np.array([x0, y0, x0, y0], np.float32)
-        clipped = np.clip(placed, [cx1, cy1, cx1, cy1], [cx2, cy2, cx2, cy2])
+        lo = [max(cx1, low), max(cy1, low)] * 2
+        hi = [min(cx2, high), min(cy2, high)] * 2
+        clipped = np.clip(placed, lo, hi)
         area = np.prod(placed[:, 2:] - placed[:, :2], axis=1)
         kept_area = np.prod(clipped[:, 2:] - clipped[:, :2], axis=1)
-        keep = (kept_area >= min_keep * area) & ((clipped[:, 2:] - clipped[:, :2]) >= 4).all(axis=1)
-        all_boxes.append(clipped[keep])
+        keep = (kept_area >= min_keep * area) & ((clipped[:, 2:] - clipped[:, :2]) >= 2).all(axis=1)
+        all_boxes.append(clipped[keep] - low)
         all_labels.append(labels[keep])
-    image = cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA)
-    boxes = np.concatenate(all_boxes).astype(np.float32) / 2
+    image = np.ascontiguousarray(canvas[low:high, low:high])
+    boxes = np.concatenate(all_boxes).astype(np.float32)
     return image, boxes.reshape(-1, 4), np.concatenate(all_labels).astype(np.int64)
 
 

@@ -21,12 +21,22 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler
 
 from ..config import Config, ModelConfig
-from ..criterion import RetinaNetCriterion, SingleObjectCriterion, SSDCriterion
+from ..criterion import RetinaNetCriterion, SingleObjectCriterion, SSDCriterion, YOLOCriterion
 from ..data import DetectionSet, load_dataset
 from ..data.dataset import DetectionDataset, detection_collate
 from ..data.transforms import Augment, boxes_to_original
 from ..metrics import coco_map, multilabel_metrics, single_object_metrics
-from ..models import SINGLE_TASKS, SSD_KINDS, AnchorConfig, GridSSD, MobileNetSSD, RetinaNet, SingleObjectNet, ToySSD
+from ..models import (
+    SINGLE_TASKS,
+    SSD_KINDS,
+    AnchorConfig,
+    GridSSD,
+    MobileNetSSD,
+    RetinaNet,
+    SingleObjectNet,
+    ToySSD,
+    YOLOv3,
+)
 from ..viz import plot_pr_curves
 from .checkpoint import load_checkpoint, save_checkpoint
 from .ema import ModelEMA
@@ -43,7 +53,7 @@ __all__ = [
 ]
 
 
-MODEL_KINDS = ("retinanet", *SINGLE_TASKS, *SSD_KINDS)
+MODEL_KINDS = ("retinanet", *SINGLE_TASKS, *SSD_KINDS, "yolov3")
 
 
 def build_model(
@@ -68,6 +78,10 @@ def build_model(
         return ToySSD(num_classes, image_size, config.ssd_scales)
     if config.kind in ("ssd300", "ssdlite"):
         return MobileNetSSD(num_classes, image_size, config.kind == "ssdlite", **backbone, scales=config.ssd_scales)
+    if config.kind == "yolov3":
+        return YOLOv3(
+            num_classes, image_size, config.yolo_anchors, **backbone, width=config.fpn_channels, spp=config.spp
+        )
     if config.kind != "retinanet":
         raise ValueError(f"model.kind must be one of {MODEL_KINDS}, got {config.kind!r}")
     anchors = AnchorConfig(config.anchor_strides, config.anchor_sizes, config.anchor_scales, config.anchor_ratios)
@@ -163,6 +177,7 @@ PRIMARY_METRIC = {
     "largest_box": "IoU",
     "multilabel": "mAP",
     **dict.fromkeys(SSD_KINDS, "AP"),
+    "yolov3": "AP",
 }
 
 
@@ -178,6 +193,11 @@ def build_criterion(config: Config, model: nn.Module):
         return RetinaNetCriterion(
             pos_iou=t.pos_iou, neg_iou=t.neg_iou, alpha=t.focal_alpha, gamma=t.focal_gamma,
             box_loss=t.box_loss, box_weight=t.box_weight,
+        )  # fmt: skip
+    if kind == "yolov3":
+        return YOLOCriterion(
+            model.coder, model.level_sizes(), box_loss=t.box_loss,
+            box_weight=t.box_weight, obj_weight=t.obj_weight, cls_weight=t.cls_weight,
         )  # fmt: skip
     sigmoid = model.activation == "sigmoid"
     if sigmoid != (t.cls_loss in ("bce", "focal")):
@@ -337,6 +357,11 @@ class Trainer:
         self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
         self.amp_dtype = _precision(t.amp, self.device)
         torch.manual_seed(t.seed)
+        if config.model.kind == "yolov3" and not config.model.yolo_anchors:
+            from ..anchor_doctor import fit_yolo_anchors
+
+            config.model.yolo_anchors = fit_yolo_anchors(self.train_data, t.image_size, t.resize)
+            print(f"yolov3 anchors (k-means on the training boxes): {[list(s) for s in config.model.yolo_anchors]}")
         model = build_model(config.model, len(self.train_data.class_names), image_size=t.image_size)
         self.model = model.to(self.device, memory_format=self.memory_format)  # NHWC: faster convs (oneDNN, cuDNN)
         self.size = tuple(t.image_size)
@@ -484,8 +509,7 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
                     "epoch": epoch,
                     "lr": optimizer.param_groups[0]["lr"],
                     "loss": losses["total"].item(),
-                    "cls": losses["cls"].item(),
-                    "box": losses["box"].item(),
+                    **{k: v.item() for k, v in losses.items() if k != "total"},  # cls, box (and obj)
                     "images_per_s": seen / (time.perf_counter() - started),
                 }
                 logs.write("train_log", row)
@@ -542,10 +566,8 @@ def _progress(enabled: bool, epoch: int, steps: int):
         if row is None:
             bar.stop()
             return
-        info = (
-            f"loss {row['loss']:.3f} (cls {row['cls']:.3f} box {row['box']:.3f}) lr {row['lr']:.2e} "
-            f"{row['images_per_s']:.1f} img/s"
-        )
+        parts = " ".join(f"{k} {row[k]:.3f}" for k in ("cls", "box", "obj") if k in row)
+        info = f"loss {row['loss']:.3f} ({parts}) lr {row['lr']:.2e} {row['images_per_s']:.1f} img/s"
         bar.update(task, advance=1, info=info)
 
     return update
@@ -566,7 +588,7 @@ def _plot_losses(output: Path) -> None:
         return
     steps = np.array([float(r["step"]) for r in rows])
     fig, ax = plt.subplots(figsize=(7, 4))
-    for key in ("loss", "cls", "box"):
+    for key in (k for k in ("loss", "cls", "box", "obj") if k in rows[0]):
         ax.plot(steps, [float(r[key]) for r in rows], label=key, linewidth=1)
     ax.set(xlabel="step", ylabel="loss", title="training losses")
     ax.legend()

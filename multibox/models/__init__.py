@@ -1,4 +1,4 @@
-"""Models: backbones, the feature pyramid, heads, RetinaNet, the single-object networks and the SSD family."""
+"""Models: backbones, the feature pyramid, heads, RetinaNet, the single-object networks, the SSD family, YOLOv3."""
 
 from .backbones import BACKBONES, build_backbone
 from .detectors import AnchorConfig, RetinaNet
@@ -6,6 +6,7 @@ from .heads import RetinaNetHead
 from .necks import FeatureExtractor, retinanet_fpn
 from .single import SINGLE_TASKS, SingleObjectNet, SingleOutput
 from .ssd import SSD_KINDS, GridSSD, MobileNetSSD, ToySSD
+from .yolo import YOLOv3
 
 __all__ = [
     "BACKBONES",
@@ -20,6 +21,7 @@ __all__ = [
     "SingleObjectNet",
     "SingleOutput",
     "ToySSD",
+    "YOLOv3",
     "build_backbone",
     "retinanet_fpn",
 ]
