@@ -174,7 +174,8 @@ def test_yolov3_outputs_line_up_with_anchors_and_start_at_its_priors():
     anchors = model.anchors((128, 128))
     assert anchors[0].tolist() == [0, 0, 8, 8] and anchors[-1].tolist() == [76, 76, 148, 148]
     assert model.coder.strides[:768].eq(8).all() and model.coder.strides[-48:].eq(32).all()
-    out = model(torch.randn(2, 3, 128, 128))
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 128, 128))
     assert out.cls_logits.shape == (2, 1008, 5) and out.box_deltas.shape == (2, 1008, 4)
     # every head starts at ~8 objects per image per level: objectness ~ 8 / cells
     objectness = torch.sigmoid(out.cls_logits[..., 0]).mean(dim=0)
@@ -233,3 +234,20 @@ def test_preset_trains_and_its_anchors_are_fitted_and_kept(digits, tmp_path):
     assert isinstance(build_criterion(config, run.model), YOLOCriterion)
     first, last = fit_one_batch(run)
     assert last < 0.8 * first
+
+
+def test_a_trained_yolov3_loads_with_its_fitted_anchors_and_predicts(digits, tmp_path):
+    from multibox import load
+    from multibox.engine.train import train
+
+    overrides = [f"data.path={digits}", f"output={tmp_path}", "model.pretrained=none", "train.image_size=[64, 64]",
+                 "train.batch_size=4", "train.epochs=1", "train.warmup_steps=1"]  # fmt: skip
+    config = load_config("yolov3", overrides)
+    metrics = train(config, progress=False)
+    assert 0 <= metrics["AP50"] <= 1
+    saved = load_config(tmp_path / "config.yaml")
+    assert len(saved.model.yolo_anchors) == 9 and saved.model.yolo_anchors == config.model.yolo_anchors
+    detector = load(tmp_path / "best.pt")
+    image = next((digits / "JPEGImages").glob("val_*.jpg"))
+    found = detector.predict(image, conf=0.0)
+    assert len(found) > 0 and (found.scores <= 1).all() and len(found.names) == 10

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from ..anchors import RETINA_RATIOS, RETINA_SCALES, RETINA_SIZES, RETINA_STRIDES, pyramid_anchors, pyramid_grid_sizes
-from ..coding import DeltaCoder, TanhCoder
+from ..coding import DeltaCoder, TanhCoder, YOLOCoder
 from ..postprocess import postprocess
 from ..structures import DenseOutput, Detections
 from .backbones import build_backbone
@@ -34,10 +34,11 @@ class AnchorConfig:
 
 class DenseDetector(nn.Module):
     """What the detectors with anchors share: ``detect`` from their ``anchors``, ``level_sizes``,
-    box ``coder`` and class ``activation``. A head with ``background_column`` has ``K + 1``
+    box ``coder`` and class ``activation`` (``sigmoid``, ``softmax`` or ``objectness``, see
+    :func:`~multibox.postprocess.postprocess`). A head with ``background_column`` has ``K + 1``
     class outputs, the background in column 0; a sigmoid head ignores that column."""
 
-    coder: DeltaCoder | TanhCoder = DeltaCoder()
+    coder: DeltaCoder | TanhCoder | YOLOCoder = DeltaCoder()
     activation = "sigmoid"
     background_column = False
 
