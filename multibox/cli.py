@@ -25,6 +25,7 @@ def _add_subcommands() -> None:
     app.command(name="eval")(cli_run.evaluate)
     app.command(name="predict")(cli_run.predict)
     app.command(name="anchors")(cli_run.anchors)
+    app.command(name="export")(cli_run.export)
 
 
 def _version(value: bool) -> None:
@@ -47,6 +48,7 @@ def _main(
       multibox eval --weights runs/digits/best.pt --data data/digits --split val
       multibox predict --weights runs/digits/best.pt photos/ --out runs/predict
       multibox anchors --data data/digits --preset retinanet_r50_fpn --image-size 256
+      multibox export --weights runs/digits/best.pt --nms --dynamic-batch --out digits.onnx
     """
 
 

@@ -1,4 +1,4 @@
-"""``multibox train | lr-find | eval | predict | anchors``."""
+"""``multibox train | lr-find | eval | predict | anchors | export``."""
 
 from __future__ import annotations
 
@@ -121,11 +121,13 @@ def predict(
     weights: Path = typer.Option(..., help="checkpoint"),
     out: Path = typer.Option(Path("runs/predict"), help="folder for annotated images and predictions.json"),
     conf: float = typer.Option(0.3, help="score threshold"),
-    iou: float = typer.Option(0.5, help="NMS IoU threshold"),
+    iou: float | None = typer.Option(None, help="NMS IoU threshold (default: the run's, or the exported graph's)"),
+    runtime: str = typer.Option("auto", help="torch, onnx (onnxruntime, for `multibox export` files) or auto"),
 ) -> None:
     """Detect objects in images; writes annotated copies and a COCO results JSON (boxes in original pixels).
 
     Example: multibox predict --weights runs/demo/best.pt data/digits/JPEGImages/val_0000*.jpg --out preds
+    Example: multibox predict --weights digits.onnx --runtime onnx data/digits/JPEGImages/val_0000*.jpg
     """
     import glob
 
@@ -147,6 +149,14 @@ def predict(
     if not paths:
         _fail(FileNotFoundError(f"no images found in {sources}"))
     try:
+        onnx_file = weights.suffix.lower() == ".onnx"
+        if runtime not in ("auto", "torch", "onnx"):
+            raise ValueError(f"--runtime must be auto, torch or onnx, got {runtime!r}")
+        if runtime != "auto" and (runtime == "onnx") != onnx_file:
+            raise ValueError(
+                f"--runtime {runtime} runs {'an .onnx file' if runtime == 'onnx' else 'a checkpoint (.pt)'}, got "
+                f"{weights}" + ("; make one with `multibox export --weights CKPT`" if runtime == "onnx" else "")
+            )
         predictor = load(weights)
         results, images = [], []
         for index, path in enumerate(paths, start=1):
@@ -285,3 +295,35 @@ def _anchor_report(data, split, preset, size, t, dataset, coverage, suggested, o
         else:
             typer.echo(f"{pos}: fitted {suggested.matched:.1%}, {preset}'s {coverage.matched:.1%}: keep the preset's")
     typer.echo(f"written: {out / 'anchors.json'}")
+
+
+def export(
+    weights: Path = typer.Option(..., help="checkpoint (best.pt)"),
+    fmt: str = typer.Option("onnx", "--format", help="onnx"),
+    out: Path | None = typer.Option(None, help="file to write (default: the checkpoint's name with .onnx)"),
+    nms: bool = typer.Option(False, "--nms", help="decoding and NMS in the graph (onnxruntime alone gives detections)"),
+    dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="any batch size (otherwise 1)"),
+    conf: float | None = typer.Option(None, help="with --nms: score threshold in the graph (default: the run's)"),
+    iou: float | None = typer.Option(None, help="with --nms: NMS IoU threshold (default: the run's)"),
+    max_det: int | None = typer.Option(None, help="with --nms: detections per image (default: the run's)"),
+) -> None:
+    """Export a trained detector to ONNX, for onnxruntime (``multibox predict --runtime onnx``).
+
+    Without --nms the graph ends at the head's class logits and box offsets; with it, scoring,
+    decoding, class-wise NMS and the best max-det per image are in the graph, as outputs boxes
+    [B, max_det, 4] (input pixels), scores [B, max_det] (0: empty slot) and labels [B, max_det].
+    The file's metadata holds the class names, input size, resize and normalisation.
+
+    Example: multibox export --weights runs/digits/best.pt --nms --dynamic-batch --out digits.onnx
+    """
+    from .export import export_onnx
+
+    if fmt != "onnx":
+        _fail(ValueError(f"--format must be onnx, got {fmt!r}"))
+    target = out or weights.with_suffix(".onnx")
+    try:
+        export_onnx(weights, target, nms, dynamic_batch, score_thresh=conf, nms_iou=iou, max_det=max_det)
+    except (DataError, ValueError, RuntimeError, FileNotFoundError) as error:
+        _fail(error)
+    graph = "with NMS (outputs boxes, scores, labels)" if nms else "network only (outputs cls_logits, box_deltas)"
+    typer.echo(f"written: {target} ({graph}, batch {'any' if dynamic_batch else 1})")

@@ -58,32 +58,44 @@ class Predictor:
         """
         single = isinstance(source, str | Path | np.ndarray)
         images = [source] if single else list(source)
-        t = self.config.train
+        settings = detect_settings(self.config.train)
+        asked = {"score_thresh": conf, "nms_iou": iou, "max_det": max_det}
+        settings.update({k: v for k, v in asked.items() if v is not None})
         results = []
         for image in images:
             pixels = read_image(Path(image)) if isinstance(image, str | Path) else np.asarray(image)
             if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
                 raise ValueError(f"an image array must be RGB uint8 [H, W, 3], got {pixels.dtype} {pixels.shape}")
-            height, width = pixels.shape[:2]
-            sample = self._dataset.transform(
-                (pixels, np.zeros((0, 4), np.float32), np.zeros(0, np.int64)), np.random.default_rng(0)
-            )
-            tensor = torch.from_numpy(np.ascontiguousarray(sample[0])).permute(2, 0, 1).contiguous().float()
-            tensor = tensor.sub_(self._dataset.mean).mul_(self._dataset.inv_std)[None].to(self.device)
+            tensor = self.prepare(pixels)
             size = tuple(tensor.shape[-2:])
-            output = self.model(tensor.contiguous(memory_format=self.memory_format))
-            settings = detect_settings(t)
-            asked = {"score_thresh": conf, "nms_iou": iou, "max_det": max_det}
-            settings.update({k: v for k, v in asked.items() if v is not None})
-            (det,) = self.model.detect(output, size, **settings)
-            det.boxes = boxes_to_original(det.boxes, (height, width), size, t.resize)
+            det = self._detect(tensor, settings)
+            det.boxes = boxes_to_original(det.boxes, pixels.shape[:2], size, self.config.train.resize)
             det.names = self.class_names
-            results.append(det.to("cpu"))
+            results.append(det)
         return results[0] if single else results
+
+    def prepare(self, pixels: np.ndarray) -> torch.Tensor:
+        """The network input ``[1, 3, H, W]`` (resized, normalised) of an RGB ``uint8`` image."""
+        sample = self._dataset.transform(
+            (pixels, np.zeros((0, 4), np.float32), np.zeros(0, np.int64)), np.random.default_rng(0)
+        )
+        tensor = torch.from_numpy(np.ascontiguousarray(sample[0])).permute(2, 0, 1).contiguous().float()
+        return tensor.sub_(self._dataset.mean).mul_(self._dataset.inv_std)[None]
+
+    def _detect(self, tensor: torch.Tensor, settings: dict) -> Detections:
+        tensor = tensor.to(self.device).contiguous(memory_format=self.memory_format)
+        (det,) = self.model.detect(self.model(tensor), tuple(tensor.shape[-2:]), **settings)
+        return det.to("cpu")
 
 
 def load(checkpoint: str | Path, device: str | None = None) -> Predictor:
-    """A :class:`Predictor` from a training checkpoint (``best.pt`` or ``last.pt``); never runs code from it."""
+    """A :class:`Predictor` from a training checkpoint (``best.pt`` or ``last.pt``; never runs code
+    from it), or from an ONNX file of ``multibox export`` (an :class:`~multibox.export.OnnxPredictor`,
+    on onnxruntime's CPU provider)."""
+    if Path(checkpoint).suffix.lower() == ".onnx":
+        from .export import OnnxPredictor
+
+        return OnnxPredictor(checkpoint)
     saved = load_checkpoint(checkpoint)
     config = config_from_dict(saved["config"], f"{checkpoint} (its configuration)")
     model = build_model(config.model, len(saved["class_names"]), "none", config.train.image_size)

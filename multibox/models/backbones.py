@@ -68,7 +68,9 @@ class _MobileNetStages(nn.Module):
 
     def _image_by_image(self, x: Tensor) -> int:
         """How many leading blocks (at most the stem and stride-4 stage) to run image by image."""
-        if x.device.type != "cpu" or len(x) < 2 or (torch.is_grad_enabled() and x.requires_grad):
+        if x.device.type != "cpu" or x.shape[0] < 2 or (torch.is_grad_enabled() and x.requires_grad):
+            return 0
+        if torch.jit.is_tracing():  # an exported graph takes any batch size: no split by image
             return 0
         count = 0
         for block in self.features[:_MOBILENET_STAGES_BEFORE_C3]:

@@ -1,0 +1,259 @@
+"""ONNX export of a trained detector, and a predictor that runs the exported file on onnxruntime.
+
+:func:`export_onnx` writes the network alone (``images -> cls_logits, box_deltas``, decoded on
+the host by the detector's ``detect``) or, with ``nms=True``, the whole detection graph:
+scores, per-level top-k, decoding, clipping, class-wise ONNX ``NonMaxSuppression`` and the best
+``max_det`` per image, as fixed-size outputs ``boxes [B, max_det, 4]``, ``scores [B, max_det]``
+(0 in unused slots) and ``labels [B, max_det]``: what :func:`~multibox.postprocess.postprocess`
+computes, so that onnxruntime alone gives the detections. The file's metadata (key
+``multibox``) holds what a predictor needs: class names, input size, resize mode, normalisation,
+the post-processing settings and the run's configuration.
+
+    export_onnx("runs/demo/best.pt", "demo.onnx", nms=True, dynamic_batch=True)
+    detector = multibox.load("demo.onnx")      # an OnnxPredictor
+    found = detector.predict("scene.jpg")
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .config import config_from_dict
+from .data.dataset import IMAGENET_MEAN, IMAGENET_STD
+from .data.io import atomic_write_bytes
+from .engine.train import build_model, detect_settings
+from .predictor import Predictor, load
+from .structures import Detections
+
+__all__ = ["DetectionGraph", "OnnxPredictor", "export_onnx"]
+
+OPSET = 17
+_METADATA_KEY = "multibox"
+
+
+class _NonMaxSuppression(torch.autograd.Function):
+    """ONNX's ``NonMaxSuppression`` (class-wise, batched): ``selected [N, 3]`` rows of
+    ``(image, class, box)``, each class's boxes in descending score order, the images and classes
+    in order. Eager, it computes the same with torchvision's NMS; exported, it is the ONNX op."""
+
+    @staticmethod
+    def forward(ctx, boxes: Tensor, scores: Tensor, max_per_class: Tensor, iou: Tensor, threshold: Tensor) -> Tensor:
+        from torchvision.ops import nms
+
+        rows = []
+        for image in range(scores.shape[0]):
+            for cls in range(scores.shape[1]):
+                candidates = (scores[image, cls] > threshold).nonzero().flatten()
+                keep = candidates[nms(boxes[image, candidates], scores[image, cls, candidates], float(iou))]
+                keep = keep[: int(max_per_class)]
+                rows.append(torch.stack((torch.full_like(keep, image), torch.full_like(keep, cls), keep), dim=1))
+        return torch.cat(rows) if rows else torch.zeros((0, 3), dtype=torch.long)
+
+    @staticmethod
+    def symbolic(g, boxes, scores, max_per_class, iou, threshold):
+        return g.op("NonMaxSuppression", boxes, scores, max_per_class, iou, threshold)
+
+
+class DetectionGraph(nn.Module):
+    """A dense detector plus its post-processing, in operations that export to ONNX.
+
+    ``forward(images [B, 3, H, W])`` gives ``boxes [B, max_det, 4]`` (input pixels, clipped),
+    ``scores [B, max_det]`` (highest first, 0 where there are fewer detections) and ``labels
+    [B, max_det]``: per image, the result of ``model.detect`` with the same settings, padded.
+
+    Args:
+        model: a detector with ``anchors``, ``level_sizes``, ``coder`` and ``activation``.
+        image_size: the ``(height, width)`` of its inputs (the anchors follow from it).
+        score_thresh, topk, nms_iou, max_det: as :func:`~multibox.postprocess.postprocess`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        image_size: Sequence[int],
+        score_thresh: float = 0.05,
+        topk: int = 1000,
+        nms_iou: float = 0.5,
+        max_det: int = 100,
+    ):
+        super().__init__()
+        self.model = model
+        self.size = (int(image_size[0]), int(image_size[1]))
+        self.register_buffer("anchors", model.anchors(self.size).float(), persistent=False)
+        self.level_sizes = list(model.level_sizes(self.size))
+        self.topk, self.max_det = topk, max_det
+        self.register_buffer("settings", torch.tensor([nms_iou, score_thresh]), persistent=False)
+
+    def scores(self, cls_logits: Tensor) -> Tensor:
+        """Class probabilities ``[B, A, K]`` from the head's logits (see ``DenseDetector.activation``)."""
+        activation = self.model.activation
+        if activation == "softmax":
+            return cls_logits.softmax(dim=-1)[..., 1:]
+        if activation == "objectness":
+            return torch.sigmoid(cls_logits[..., :1]) * torch.sigmoid(cls_logits[..., 1:])
+        if getattr(self.model, "background_column", False):
+            cls_logits = cls_logits[..., 1:]
+        return torch.sigmoid(cls_logits)
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        cls_logits, box_deltas = self.model(images)
+        scores = self.scores(cls_logits.float())
+        batch, num_anchors, num_classes = scores.shape
+        # per level, the top-k (anchor, class) entries stay candidates; the rest score 0
+        masks, start = [], 0
+        for size in self.level_sizes:
+            level = scores[:, start : start + size].reshape(batch, size * num_classes)
+            top = level.topk(min(self.topk, size * num_classes), dim=1).indices
+            masks.append(torch.zeros_like(level).scatter(1, top, 1.0).view(batch, size, num_classes))
+            start += size
+        scores = scores * torch.cat(masks, dim=1)
+        boxes = self.model.coder.decode(self.anchors, box_deltas.float())
+        height, width = self.size
+        boxes = torch.stack(
+            (boxes[..., 0].clamp(0, width), boxes[..., 1].clamp(0, height),
+             boxes[..., 2].clamp(0, width), boxes[..., 3].clamp(0, height)), dim=-1,
+        )  # fmt: skip
+        max_per_class = torch.tensor([self.max_det], dtype=torch.long)
+        nms_iou, score_thresh = self.settings[:1], self.settings[1:]
+        selected = _NonMaxSuppression.apply(
+            boxes, scores.transpose(1, 2).contiguous(), max_per_class, nms_iou, score_thresh
+        )
+        image, cls, anchor = selected[:, 0], selected[:, 1], selected[:, 2]
+        # the survivors' scores in a dense [B, K * A] grid, then the best max_det of each image
+        kept = torch.zeros((batch, num_classes * num_anchors), dtype=scores.dtype, device=scores.device)
+        kept = kept.index_put((image, cls * num_anchors + anchor), scores[image, anchor, cls])
+        top_scores, top = kept.topk(min(self.max_det, num_classes * num_anchors), dim=1)
+        labels, anchor = top // num_anchors, top % num_anchors
+        top_boxes = boxes.gather(1, anchor[..., None].expand(-1, -1, 4))
+        return top_boxes, top_scores, labels
+
+
+def export_onnx(
+    checkpoint: str | Path | Predictor,
+    path: str | Path,
+    nms: bool = False,
+    dynamic_batch: bool = False,
+    score_thresh: float | None = None,
+    nms_iou: float | None = None,
+    max_det: int | None = None,
+    opset: int = OPSET,
+) -> Path:
+    """Write the detector of ``checkpoint`` to ``path`` as ONNX (atomically); returns ``path``.
+
+    Args:
+        checkpoint: a training checkpoint (``best.pt``), or a loaded :class:`~multibox.predictor.Predictor`.
+        path: the ``.onnx`` file to write.
+        nms: put scoring, decoding and NMS in the graph (see :class:`DetectionGraph`); without,
+            the graph ends at the head's ``cls_logits`` and ``box_deltas``.
+        dynamic_batch: any batch size (otherwise 1).
+        score_thresh, nms_iou, max_det: post-processing settings baked in with ``nms``
+            (default: the run's).
+        opset: ONNX opset.
+    """
+    import warnings
+
+    import onnx
+
+    predictor = checkpoint if isinstance(checkpoint, Predictor) else load(checkpoint, device="cpu")
+    config, model = predictor.config, predictor.model.to("cpu", memory_format=torch.contiguous_format).float().eval()
+    if not hasattr(model, "anchors"):
+        raise ValueError(f"{checkpoint}: a {config.model.kind} network; ONNX export covers the detectors with anchors")
+    t = config.train
+    settings = detect_settings(t)
+    asked = {"score_thresh": score_thresh, "nms_iou": nms_iou, "max_det": max_det}
+    settings.update({k: v for k, v in asked.items() if v is not None})
+    size = (int(t.image_size[0]), int(t.image_size[1]))
+    resize = t.resize if t.resize != "minmax" else "letterbox"  # one fixed input size in the graph
+    network: nn.Module = DetectionGraph(model, size, **settings) if nms else model
+    outputs = ["boxes", "scores", "labels"] if nms else ["cls_logits", "box_deltas"]
+    dynamic = {name: {0: "batch"} for name in ["images", *outputs]} if dynamic_batch else None
+    example = torch.zeros((2 if dynamic_batch else 1, 3, *size))
+    path = Path(path)
+    temporary = path.with_name(path.name + ".tmp")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on shapes fixed by the input size
+        torch.onnx.export(
+            network, (example,), str(temporary), dynamo=False, opset_version=opset,
+            input_names=["images"], output_names=outputs, dynamic_axes=dynamic,
+        )  # fmt: skip
+    graph = onnx.load(str(temporary))
+    temporary.unlink()
+    metadata = {
+        "class_names": predictor.class_names,
+        "image_size": list(size),
+        "resize": resize,
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "nms": nms,
+        "dynamic_batch": dynamic_batch,
+        "settings": settings,
+        "config": config.to_dict(),
+    }
+    entry = graph.metadata_props.add()
+    entry.key, entry.value = _METADATA_KEY, json.dumps(metadata)
+    onnx.checker.check_model(graph)
+    atomic_write_bytes(path, graph.SerializeToString())
+    return path
+
+
+class OnnxPredictor(Predictor):
+    """:class:`~multibox.predictor.Predictor` on onnxruntime, from a file of :func:`export_onnx`.
+
+    A graph with NMS inside gives the detections directly (its thresholds were fixed at export:
+    ``conf`` can only raise the score threshold, and a different ``iou`` or a larger
+    ``max_det`` is an error); a graph without is decoded by the detector's ``detect`` on the
+    host, with any settings.
+    """
+
+    def __init__(self, path: str | Path, providers: Sequence[str] = ("CPUExecutionProvider",)):
+        import onnxruntime
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: ONNX file not found")
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), providers=list(providers))
+        except Exception as error:  # onnxruntime's own exception types
+            raise ValueError(f"{path}: not a readable ONNX file ({str(error).strip()})") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if _METADATA_KEY not in meta:
+            raise ValueError(f"{path}: not a multibox ONNX file (no '{_METADATA_KEY}' metadata); use multibox export")
+        self.metadata = json.loads(meta[_METADATA_KEY])
+        config = config_from_dict(self.metadata["config"], f"{path} (its configuration)")
+        config.train.image_size = tuple(self.metadata["image_size"])
+        config.train.resize = self.metadata["resize"]
+        config.train.channels_last = False
+        for key, value in self.metadata["settings"].items():  # predict's defaults: the settings exported
+            setattr(config.train, key, value)
+        skeleton = build_model(config.model, len(self.metadata["class_names"]), "none", config.train.image_size)
+        super().__init__(skeleton, config, self.metadata["class_names"], device="cpu")
+        self.path = path
+
+    def _detect(self, tensor: Tensor, settings: dict) -> Detections:
+        outputs = self.session.run(None, {"images": tensor.numpy()})
+        if not self.metadata["nms"]:
+            from .structures import DenseOutput
+
+            output = DenseOutput(*(torch.from_numpy(o) for o in outputs))
+            (det,) = self.model.detect(output, tuple(tensor.shape[-2:]), **settings)
+            return det
+        baked = self.metadata["settings"]
+        if abs(settings["nms_iou"] - baked["nms_iou"]) > 1e-9 or settings["max_det"] > baked["max_det"]:
+            raise ValueError(
+                f"{self.path} has NMS at IoU {baked['nms_iou']} and max_det {baked['max_det']} in its graph; "
+                "export again with other settings (multibox export --nms-iou ... --max-det ...)"
+            )
+        boxes, scores, labels = (np.asarray(o)[0] for o in outputs)
+        keep = scores > max(settings["score_thresh"], baked["score_thresh"])
+        keep[settings["max_det"] :] = False
+        return Detections(
+            torch.from_numpy(boxes[keep]).float(),
+            torch.from_numpy(scores[keep]).float(),
+            torch.from_numpy(labels[keep]).long(),
+        )

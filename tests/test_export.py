@@ -1,0 +1,161 @@
+"""ONNX export: the detection graph against ``model.detect``, onnxruntime against PyTorch, the CLI."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from multibox import load
+from multibox.config import load_config
+from multibox.engine.train import build_model
+from multibox.export import DetectionGraph, OnnxPredictor, export_onnx
+from multibox.predictor import Predictor
+
+CLASSES = ["zero", "one", "two"]
+
+# A small network of each kind of head: sigmoid (RetinaNet), softmax with a background column
+# (toy SSD), sigmoid with an unused background column and tanh boxes (course grid), objectness (YOLO)
+SMALL = {
+    "cpu_digits": (64, ["model.fpn_channels=16"]),
+    "toyssd": (64, []),
+    "ssd_grid": (256, ["model.hidden=32"]),
+    "yolov3": (64, ["model.fpn_channels=8"]),
+}
+
+
+def _predictor(name: str) -> Predictor:
+    size, extra = SMALL[name]
+    overrides = ["model.pretrained=none", f"train.image_size=[{size}, {size}]", "train.score_thresh=0.0", *extra]
+    config = load_config(name, overrides)
+    torch.manual_seed(0)
+    model = build_model(config.model, len(CLASSES), image_size=config.train.image_size).eval()
+    # torchvision's MobileNetV2 initialisation without its ImageNet weights fades the features to
+    # ~1e-9 at C5, which makes every score equal; inputs-preserving scales give distinct scores
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+    return Predictor(model, config, CLASSES, device="cpu")
+
+
+def _assert_same(found, expected):
+    assert len(found) == len(expected) > 0
+    assert torch.equal(found.labels, expected.labels)
+    assert (found.boxes - expected.boxes).abs().max() <= 1e-3
+    assert (found.scores - expected.scores).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_the_detection_graph_gives_detect_s_detections(name):
+    predictor = _predictor(name)
+    model, size = predictor.model, SMALL[name][0]
+    graph = DetectionGraph(model, (size, size), score_thresh=0.0, topk=50, nms_iou=0.5, max_det=20).eval()
+    images = torch.randn(3, 3, size, size)
+    with torch.no_grad():
+        boxes, scores, labels = graph(images)
+        expected = model.detect(model(images), (size, size), score_thresh=0.0, topk=50, nms_iou=0.5, max_det=20)
+    assert boxes.shape == (3, 20, 4) and scores.shape == labels.shape == (3, 20)
+    for i, det in enumerate(expected):
+        n = len(det)
+        assert n == int((scores[i] > 0).sum()) and n > 0
+        assert torch.equal(labels[i, :n], det.labels) and torch.allclose(boxes[i, :n], det.boxes, atol=1e-5)
+        assert torch.allclose(scores[i, :n], det.scores)
+
+
+@pytest.mark.parametrize("name", ["cpu_digits", "yolov3"])
+def test_onnxruntime_gives_pytorch_s_detections_for_batches_of_1_and_4(name, tmp_path):
+    import onnxruntime
+
+    predictor = _predictor(name)
+    size = SMALL[name][0]
+    images = torch.randn(4, 3, size, size)
+    with torch.no_grad():
+        expected = predictor.model.detect(predictor.model(images), (size, size), score_thresh=0.0)
+        raw = predictor.model(images)
+    path = export_onnx(predictor, tmp_path / "nms.onnx", nms=True, dynamic_batch=True)
+    session = onnxruntime.InferenceSession(str(path))
+    for batch in (1, 4):
+        boxes, scores, labels = session.run(None, {"images": images[:batch].numpy()})
+        assert boxes.shape == (batch, 100, 4)
+        for i in range(batch):
+            keep = scores[i] > 0
+            found = type(expected[i])(
+                torch.from_numpy(boxes[i][keep]), torch.from_numpy(scores[i][keep]), torch.from_numpy(labels[i][keep])
+            )
+            _assert_same(found, expected[i])
+    # the network alone: the head's outputs
+    path = export_onnx(predictor, tmp_path / "raw.onnx", dynamic_batch=True)
+    cls_logits, box_deltas = onnxruntime.InferenceSession(str(path)).run(None, {"images": images.numpy()})
+    assert np.abs(cls_logits - raw.cls_logits.numpy()).max() <= 1e-4
+    assert np.abs(box_deltas - raw.box_deltas.numpy()).max() <= 1e-4
+    # without --dynamic-batch the graph takes one image
+    path = export_onnx(predictor, tmp_path / "one.onnx", nms=True)
+    with pytest.raises(Exception, match="images"):
+        onnxruntime.InferenceSession(str(path)).run(None, {"images": images.numpy()})
+
+
+def test_onnx_predictors_give_the_checkpoint_s_predictions_through_the_cli(digits, tmp_path):
+    from typer.testing import CliRunner
+
+    from multibox.cli import app
+    from multibox.engine.train import train
+
+    run = tmp_path / "run"
+    # with its ImageNet weights (offline): a from-scratch MobileNetV2 scores everything alike
+    overrides = [f"data.path={digits}", f"output={run}", "train.image_size=[64, 64]", "train.batch_size=4",
+                 "train.epochs=1", "model.fpn_channels=16", "train.score_thresh=0.01"]  # fmt: skip
+    train(load_config("cpu_digits", overrides), progress=False)
+    runner = CliRunner()
+    result = runner.invoke(app, ["export", "--weights", str(run / "best.pt"), "--nms", "--dynamic-batch",
+                                 "--out", str(tmp_path / "nms.onnx")])  # fmt: skip
+    assert result.exit_code == 0 and "with NMS" in result.output, result.output
+    result = runner.invoke(app, ["export", "--weights", str(run / "best.pt"), "--out", str(tmp_path / "raw.onnx")])
+    assert result.exit_code == 0, result.output
+    images = sorted(str(p) for p in (digits / "JPEGImages").glob("val_*.jpg"))
+    predictions = {}
+    for name, weights, runtime in [("torch", run / "best.pt", "torch"), ("nms", tmp_path / "nms.onnx", "onnx"),
+                                   ("raw", tmp_path / "raw.onnx", "auto")]:  # fmt: skip
+        out = tmp_path / name
+        args = ["predict", "--weights", str(weights), "--runtime", runtime, "--conf", "0.01", "--out", str(out)]
+        result = runner.invoke(app, [*args, *images])
+        assert result.exit_code == 0, result.output
+        predictions[name] = json.loads((out / "predictions.json").read_text())
+    assert predictions["torch"], "the run should predict something at score 0.01"
+    for name in ("nms", "raw"):
+        assert len(predictions[name]) == len(predictions["torch"])
+        for got, want in zip(predictions[name], predictions["torch"], strict=True):
+            assert got["image_id"] == want["image_id"] and got["category"] == want["category"]
+            assert np.allclose(got["bbox"], want["bbox"], atol=0.02) and abs(got["score"] - want["score"]) <= 1e-4
+    # the metadata carries what prediction needs
+    detector = load(tmp_path / "nms.onnx")
+    assert isinstance(detector, OnnxPredictor) and detector.class_names == load(run / "best.pt").class_names
+    with pytest.raises(ValueError, match=r"NMS at IoU 0\.5 .* in its graph"):
+        detector.predict(images[0], iou=0.7)
+    assert len(load(tmp_path / "raw.onnx").predict(images[0], iou=0.7, conf=0.0)) > 0  # decoded on the host
+
+
+def test_bad_exports_and_onnx_files_are_clear_errors(tmp_path):
+    from typer.testing import CliRunner
+
+    from multibox.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["export", "--weights", str(tmp_path / "missing.pt")])
+    assert result.exit_code == 2 and "missing.pt: checkpoint not found" in result.output
+    result = runner.invoke(app, ["export", "--weights", str(tmp_path / "missing.pt"), "--format", "tflite"])
+    assert result.exit_code == 2 and "--format must be onnx" in result.output
+    (tmp_path / "bad.onnx").write_bytes(b"not a graph")
+    with pytest.raises(ValueError, match=r"bad\.onnx: not a readable ONNX file"):
+        load(tmp_path / "bad.onnx")
+    image = tmp_path / "x.jpg"
+    from multibox.data.io import write_image
+
+    write_image(image, np.zeros((32, 32, 3), np.uint8))
+    result = runner.invoke(app, ["predict", "--weights", str(tmp_path / "bad.onnx"), str(image)])
+    assert result.exit_code == 2 and "not a readable ONNX file" in result.output
+    result = runner.invoke(app, ["predict", "--weights", str(tmp_path / "m.pt"), "--runtime", "onnx", str(image)])
+    assert result.exit_code == 2 and "multibox export" in result.output
+    config = load_config("largest_cls", ["model.pretrained=none", "train.image_size=[64, 64]"])
+    single = Predictor(build_model(config.model, 3, image_size=(64, 64)), config, CLASSES, device="cpu")
+    with pytest.raises(ValueError, match="covers the detectors with anchors"):
+        export_onnx(single, tmp_path / "single.onnx")
