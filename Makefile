@@ -29,7 +29,8 @@ demo: $(STAMP)
 	$(VENV)/bin/multibox predict --weights $(DEMO_RUN)/best.pt $(DEMO_DATA)/JPEGImages/val_0000*.jpg --out $(DEMO_RUN)/predictions
 	@$(PY) -c "import json; m = json.load(open('$(DEMO_RUN)/metrics.json')); print(f'demo: validation AP {m[\"AP\"]:.3f}, AP50 {m[\"AP50\"]:.3f} ($(DEMO_RUN)/metrics.json)')"
 
-# About 25 minutes on 2 cores; time_to_accuracy.py alone trains two detectors for 6 minutes each.
+# About 30 minutes on 2 cores; time_to_accuracy.py alone trains two detectors for 6 minutes each;
+# onnx_latency.py measures the demo's checkpoint (make demo first).
 bench: $(STAMP)
 	$(PY) bench/postprocess.py
 	$(PY) bench/matching.py
@@ -37,6 +38,8 @@ bench: $(STAMP)
 	$(PY) bench/train_step.py
 	$(PY) bench/inference.py
 	$(PY) bench/time_to_accuracy.py --minutes 6 --evals 6 --data $(DEMO_DATA)
+	@test -f $(DEMO_RUN)/best.pt || echo "bench/onnx_latency.py needs a trained $(DEMO_RUN)/best.pt: run make demo first"
+	@test ! -f $(DEMO_RUN)/best.pt || $(PY) bench/onnx_latency.py --weights $(DEMO_RUN)/best.pt --data $(DEMO_DATA)
 
 lint: $(STAMP)
 	$(PY) -m ruff check multibox tests bench

@@ -123,11 +123,14 @@ def predict(
     conf: float = typer.Option(0.3, help="score threshold"),
     iou: float | None = typer.Option(None, help="NMS IoU threshold (default: the run's, or the exported graph's)"),
     runtime: str = typer.Option("auto", help="torch, onnx (onnxruntime, for `multibox export` files) or auto"),
+    tile: int | None = typer.Option(None, help="cut large images into overlapping tiles of this side (pixels)"),
+    overlap: float = typer.Option(0.2, help="with --tile: overlap of neighbouring tiles, a fraction of a tile"),
 ) -> None:
     """Detect objects in images; writes annotated copies and a COCO results JSON (boxes in original pixels).
 
     Example: multibox predict --weights runs/demo/best.pt data/digits/JPEGImages/val_0000*.jpg --out preds
     Example: multibox predict --weights digits.onnx --runtime onnx data/digits/JPEGImages/val_0000*.jpg
+    Example: multibox predict --weights runs/demo/best.pt aerial.jpg --tile 512 --overlap 0.2
     """
     import glob
 
@@ -161,7 +164,7 @@ def predict(
         results, images = [], []
         for index, path in enumerate(paths, start=1):
             pixels = read_image(path)
-            det = predictor.predict(pixels, conf=conf, iou=iou)
+            det = predictor.predict(pixels, conf=conf, iou=iou, tile=tile, overlap=overlap)
             drawn = draw_detections(pixels, det.boxes.numpy(), det.labels.numpy(), det.names, det.scores.numpy())
             atomic_write_bytes(
                 out / path.name,
@@ -306,6 +309,9 @@ def export(
     conf: float | None = typer.Option(None, help="with --nms: score threshold in the graph (default: the run's)"),
     iou: float | None = typer.Option(None, help="with --nms: NMS IoU threshold (default: the run's)"),
     max_det: int | None = typer.Option(None, help="with --nms: detections per image (default: the run's)"),
+    int8: bool = typer.Option(False, "--int8", help="INT8 convolutions, ranges calibrated on --calib images"),
+    calib: Path | None = typer.Option(None, help="with --int8: folder of calibration images"),
+    image_size: int | None = typer.Option(None, help="square input size of the graph (default: the run's)"),
 ) -> None:
     """Export a trained detector to ONNX, for onnxruntime (``multibox predict --runtime onnx``).
 
@@ -315,6 +321,7 @@ def export(
     The file's metadata holds the class names, input size, resize and normalisation.
 
     Example: multibox export --weights runs/digits/best.pt --nms --dynamic-batch --out digits.onnx
+    Example: multibox export --weights runs/digits/best.pt --int8 --calib data/digits/JPEGImages --out int8.onnx
     """
     from .export import export_onnx
 
@@ -322,8 +329,12 @@ def export(
         _fail(ValueError(f"--format must be onnx, got {fmt!r}"))
     target = out or weights.with_suffix(".onnx")
     try:
-        export_onnx(weights, target, nms, dynamic_batch, score_thresh=conf, nms_iou=iou, max_det=max_det)
+        export_onnx(
+            weights, target, nms, dynamic_batch, score_thresh=conf, nms_iou=iou, max_det=max_det, int8=int8,
+            calib=calib, image_size=(image_size, image_size) if image_size else None,
+        )  # fmt: skip
     except (DataError, ValueError, RuntimeError, FileNotFoundError) as error:
         _fail(error)
     graph = "with NMS (outputs boxes, scores, labels)" if nms else "network only (outputs cls_logits, box_deltas)"
-    typer.echo(f"written: {target} ({graph}, batch {'any' if dynamic_batch else 1})")
+    precision = "INT8 convolutions" if int8 else "fp32"
+    typer.echo(f"written: {target} ({graph}, batch {'any' if dynamic_batch else 1}, {precision})")

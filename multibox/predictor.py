@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .config import Config, config_from_dict
-from .data.dataset import DetectionDataset
+from .data.dataset import DetectionDataset, detection_collate
 from .data.io import read_image
 from .data.records import DetectionSet
 from .data.transforms import Augment, boxes_to_original
@@ -50,12 +50,23 @@ class Predictor:
         conf: float | None = None,
         iou: float | None = None,
         max_det: int | None = None,
+        tile: int | None = None,
+        overlap: float = 0.2,
+        batch_size: int = 8,
     ) -> Detections | list[Detections]:
         """Detect objects in one image (a path or an RGB ``uint8 [H, W, 3]`` array) or a list of them.
+
+        With ``tile``, an image is cut into overlapping ``tile x tile`` windows
+        (:func:`~multibox.tiling.tile_windows`, ``overlap`` a fraction of a tile), each detected
+        as an image of its own, ``batch_size`` at a time, and the boxes merged back
+        (:func:`~multibox.tiling.merge_tiles`): for images much larger than the network's input,
+        whose objects would shrink below what it can see. ``max_det`` then applies per tile.
 
         Returns :class:`Detections` with boxes in pixels of each original image, scores, labels
         and ``names``; a list for a list input.
         """
+        from .tiling import merge_tiles, tile_windows
+
         single = isinstance(source, str | Path | np.ndarray)
         images = [source] if single else list(source)
         settings = detect_settings(self.config.train)
@@ -66,10 +77,14 @@ class Predictor:
             pixels = read_image(Path(image)) if isinstance(image, str | Path) else np.asarray(image)
             if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
                 raise ValueError(f"an image array must be RGB uint8 [H, W, 3], got {pixels.dtype} {pixels.shape}")
-            tensor = self.prepare(pixels)
-            size = tuple(tensor.shape[-2:])
-            det = self._detect(tensor, settings)
-            det.boxes = boxes_to_original(det.boxes, pixels.shape[:2], size, self.config.train.resize)
+            if tile is None:
+                (det,) = self._detect_crops([pixels], settings)
+            else:
+                windows = tile_windows(pixels.shape[0], pixels.shape[1], tile, overlap)
+                crops = [pixels[y1:y2, x1:x2] for x1, y1, x2, y2 in windows]
+                found = [d for i in range(0, len(crops), batch_size)
+                         for d in self._detect_crops(crops[i : i + batch_size], settings)]  # fmt: skip
+                det = merge_tiles(found, windows, pixels.shape[:2], nms_iou=settings["nms_iou"])
             det.names = self.class_names
             results.append(det)
         return results[0] if single else results
@@ -82,10 +97,18 @@ class Predictor:
         tensor = torch.from_numpy(np.ascontiguousarray(sample[0])).permute(2, 0, 1).contiguous().float()
         return tensor.sub_(self._dataset.mean).mul_(self._dataset.inv_std)[None]
 
-    def _detect(self, tensor: torch.Tensor, settings: dict) -> Detections:
-        tensor = tensor.to(self.device).contiguous(memory_format=self.memory_format)
-        (det,) = self.model.detect(self.model(tensor), tuple(tensor.shape[-2:]), **settings)
-        return det.to("cpu")
+    def _detect_crops(self, crops: Sequence[np.ndarray], settings: dict) -> list[Detections]:
+        """Detections of a batch of RGB images, boxes in each image's pixels."""
+        tensors = [self.prepare(crop) for crop in crops]
+        batch, _ = detection_collate([(t[0], None) for t in tensors])  # padded where sizes differ
+        batch = batch.to(self.device).contiguous(memory_format=self.memory_format)
+        found = self.model.detect(self.model(batch), tuple(batch.shape[-2:]), **settings)
+        results = []
+        for det, crop, tensor in zip(found, crops, tensors, strict=True):
+            det = det.to("cpu")
+            det.boxes = boxes_to_original(det.boxes, crop.shape[:2], tuple(tensor.shape[-2:]), self.config.train.resize)
+            results.append(det)
+        return results
 
 
 def load(checkpoint: str | Path, device: str | None = None) -> Predictor:

@@ -17,6 +17,20 @@ def digits(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="session")
+def digits_run(digits, tmp_path_factory):
+    """A cpu_digits RetinaNet trained one epoch on ``digits`` at 64x64 (ImageNet MobileNetV2,
+    offline; FPN width 16; score threshold 0.01): a real checkpoint to export, tile, serve."""
+    from multibox.config import load_config
+    from multibox.engine.train import train
+
+    run = tmp_path_factory.mktemp("digits_run")
+    overrides = [f"data.path={digits}", f"output={run}", "train.image_size=[64, 64]", "train.batch_size=4",
+                 "train.epochs=1", "model.fpn_channels=16", "train.score_thresh=0.01"]  # fmt: skip
+    train(load_config("cpu_digits", overrides), progress=False)
+    return run
+
+
 def random_boxes(n: int, size: float = 100.0, min_side: float = 1.0, generator=None) -> torch.Tensor:
     """``n`` valid xyxy boxes inside a ``size`` x ``size`` image."""
     xy = torch.rand(n, 2, generator=generator) * size * 0.8
