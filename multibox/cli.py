@@ -26,6 +26,7 @@ def _add_subcommands() -> None:
     app.command(name="predict")(cli_run.predict)
     app.command(name="anchors")(cli_run.anchors)
     app.command(name="export")(cli_run.export)
+    app.command(name="serve")(cli_run.serve)
 
 
 def _version(value: bool) -> None:
@@ -49,6 +50,7 @@ def _main(
       multibox predict --weights runs/digits/best.pt photos/ --out runs/predict
       multibox anchors --data data/digits --preset retinanet_r50_fpn --image-size 256
       multibox export --weights runs/digits/best.pt --nms --dynamic-batch --out digits.onnx
+      multibox serve --weights runs/digits/best.pt --port 8000
     """
 
 

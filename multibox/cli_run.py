@@ -1,4 +1,4 @@
-"""``multibox train | lr-find | eval | predict | anchors | export``."""
+"""``multibox train | lr-find | eval | predict | anchors | export | serve``."""
 
 from __future__ import annotations
 
@@ -338,3 +338,34 @@ def export(
     graph = "with NMS (outputs boxes, scores, labels)" if nms else "network only (outputs cls_logits, box_deltas)"
     precision = "INT8 convolutions" if int8 else "fp32"
     typer.echo(f"written: {target} ({graph}, batch {'any' if dynamic_batch else 1}, {precision})")
+
+
+def serve(
+    weights: Path = typer.Option(..., help="checkpoint (best.pt) or exported .onnx file"),
+    host: str = typer.Option("127.0.0.1", help="address to bind: loopback unless you mean to open it"),
+    port: int = typer.Option(8000, help="port"),
+    max_mb: float = typer.Option(20.0, help="largest upload, MB"),
+    max_megapixels: float = typer.Option(40.0, help="largest image, megapixels"),
+    timeout: float = typer.Option(30.0, help="seconds an inference may take"),
+) -> None:
+    """Serve a detector over HTTP: POST /v1/detect, GET /healthz, and a web page at /.
+
+    POST an image as multipart field 'image' or as the raw body; ?conf= sets the score
+    threshold. The page draws the boxes on the image and filters them with a score slider.
+
+    Example: multibox serve --weights runs/demo/best.pt --port 8000
+    """
+    import uvicorn
+
+    from .predictor import load
+    from .serve import Limits, create_app
+
+    try:
+        predictor = load(weights)
+    except (DataError, ValueError, RuntimeError, FileNotFoundError) as error:
+        _fail(error)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        typer.secho(f"serving on {host}: reachable from other machines, with no authentication", fg=typer.colors.YELLOW)
+    limits = Limits(int(max_mb * 2**20), int(max_megapixels * 1e6), timeout)
+    typer.echo(f"multibox serve: {weights} ({predictor.config.model.kind}) on http://{host}:{port}/")
+    uvicorn.run(create_app(predictor, limits), host=host, port=port, log_level="info")

@@ -1,0 +1,153 @@
+"""A prediction server: ``POST /v1/detect``, ``GET /healthz`` and a web page, on FastAPI + uvicorn.
+
+    app = create_app(multibox.load("runs/demo/best.pt"))
+    uvicorn.run(app, host="127.0.0.1", port=8000)      # or: multibox serve --weights ...
+
+One model serves every request: inference runs in a worker thread under a lock (the model is
+not re-entrant and two inferences at once would only share the same cores). Requests are
+checked before any decoding: the body's size, that it is an image (by its first bytes), and its
+pixel count (from the header, against decompression bombs); each gets a clear 4xx answer, and
+an inference that takes longer than the timeout a 504.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+import time
+from importlib import resources
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse
+from starlette.concurrency import run_in_threadpool
+
+from .predictor import Predictor
+
+__all__ = ["Limits", "create_app"]
+
+
+class Limits:
+    """What a request may ask of the server.
+
+    Attributes:
+        max_bytes: largest upload (413 beyond).
+        max_pixels: largest image, width x height (413 beyond; read from the header first).
+        timeout: seconds an inference may take (504 beyond).
+    """
+
+    def __init__(self, max_bytes: int = 20 * 2**20, max_pixels: int = 40_000_000, timeout: float = 30.0):
+        self.max_bytes, self.max_pixels, self.timeout = max_bytes, max_pixels, timeout
+
+
+# Leading bytes of the formats the server decodes
+_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"RIFF", b"II*\x00", b"MM\x00*", b"GIF8")
+
+
+def _decode(data: bytes, limits: Limits) -> np.ndarray:
+    """RGB ``uint8 [H, W, 3]`` pixels of an uploaded image, or an HTTPException with its status."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise HTTPException(400, "the request holds no image: send it as multipart field 'image' or as the body")
+    if not data.startswith(_SIGNATURES) or (data.startswith(b"RIFF") and data[8:12] != b"WEBP"):
+        raise HTTPException(415, "not an image: send a JPEG, PNG, BMP, WebP, TIFF or GIF file")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size  # from the header, before any pixel is decoded
+            if width * height > limits.max_pixels:
+                raise HTTPException(
+                    413,
+                    f"the image is {width}x{height} = {width * height:,} pixels; the limit is {limits.max_pixels:,}",
+                )
+            return np.array(image.convert("RGB"))  # writable: torch takes it as is
+    except HTTPException:
+        raise
+    except Image.DecompressionBombError as error:  # PIL's own guard, far above max_pixels by default
+        raise HTTPException(413, f"the image is too large to decode ({error})") from None
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise HTTPException(400, f"the image could not be decoded ({error})") from None
+
+
+def create_app(predictor: Predictor, limits: Limits | None = None):
+    """The FastAPI application serving ``predictor``."""
+    limits = limits or Limits()
+    lock = threading.Lock()
+    app = FastAPI(title="multibox", summary="object detection", version="1")
+    page = resources.files("multibox").joinpath("static/index.html").read_text()
+
+    def infer(pixels: np.ndarray, conf: float | None) -> dict:
+        with lock:
+            started = time.perf_counter()
+            found = predictor.predict(pixels, conf=conf)
+            elapsed = time.perf_counter() - started
+        return {
+            "image": {"width": int(pixels.shape[1]), "height": int(pixels.shape[0])},
+            "detections": [
+                {
+                    "box": [round(v, 2) for v in box],
+                    "score": round(score, 4),
+                    "label": label,
+                    "class": found.names[label],
+                }
+                for box, score, label in zip(
+                    found.boxes.tolist(), found.scores.tolist(), found.labels.tolist(), strict=True
+                )
+            ],
+            "inference_ms": round(elapsed * 1e3, 1),
+        }
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index() -> str:
+        return page
+
+    @app.get("/healthz")
+    def health() -> dict:
+        return {"status": "ok", "model": predictor.config.model.kind, "classes": predictor.class_names}
+
+    @app.post("/v1/detect")
+    async def detect(request: Request, conf: float | None = None) -> dict:
+        """Detections in an image sent as multipart field ``image`` or as the raw body; ``conf``
+        overrides the model's score threshold."""
+        if conf is not None and not 0 <= conf <= 1:
+            raise HTTPException(422, f"conf is a score threshold in [0, 1], got {conf}")
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limits.max_bytes + 4096:
+            raise HTTPException(413, f"the upload is {int(declared):,} bytes; the limit is {limits.max_bytes:,}")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limits.max_bytes + 4096:  # multipart framing beside the file
+                raise HTTPException(413, f"the upload is over the limit of {limits.max_bytes:,} bytes")
+        data = bytes(body)
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            data = await _multipart_image(request, data)
+        if len(data) > limits.max_bytes:
+            raise HTTPException(413, f"the image is {len(data):,} bytes; the limit is {limits.max_bytes:,}")
+        pixels = _decode(data, limits)
+        try:
+            return await asyncio.wait_for(run_in_threadpool(infer, pixels, conf), limits.timeout)
+        except TimeoutError:
+            raise HTTPException(504, f"inference took longer than {limits.timeout:g} s") from None
+
+    return app
+
+
+async def _multipart_image(request: Request, body: bytes) -> bytes:
+    """The bytes of the ``image`` field of a multipart body already read."""
+    from starlette.datastructures import UploadFile
+    from starlette.formparsers import MultiPartParser
+
+    async def replay():
+        yield body
+        yield b""
+
+    try:
+        form = await MultiPartParser(request.headers, replay()).parse()
+    except Exception as error:  # the parser's own exception types
+        raise HTTPException(400, f"the multipart body could not be read ({error})") from None
+    field = form.get("image")
+    if not isinstance(field, UploadFile):
+        raise HTTPException(400, "the multipart body has no file field 'image'")
+    return await field.read()
