@@ -128,6 +128,7 @@ class TrainConfig:
     channels_last: bool = True
     ema_decay: float = 0.0
     max_steps: int = 0
+    sync_bn: bool = False
 
 
 @dataclass

@@ -122,7 +122,7 @@ class RetinaNetCriterion:
             norm = positive_normalizer(num_positive).to(cls_per_image)
             cls, box = (cls_per_image / norm).mean(), (box_per_image / norm).mean()
         else:
-            norm = positive_normalizer(num_positive.sum()).to(cls_per_image)
+            norm = positive_normalizer(num_positive.sum(), across_processes=True).to(cls_per_image)
             cls, box = cls_per_image.sum() / norm, box_per_image.sum() / norm
         return {"cls": cls, "box": box, "total": cls + self.box_weight * box}
 
@@ -260,7 +260,7 @@ class SSDCriterion:
             raise ValueError(f"got {len(targets)} targets for a batch of {cls_logits.shape[0]} images")
         matched, columns, boxes = self.match(anchors, targets)
         positive = matched >= 0
-        norm = positive_normalizer(positive.sum()).to(cls_logits)
+        norm = positive_normalizer(positive.sum(), across_processes=True).to(cls_logits)
         cls = self._cls_loss(cls_logits, columns, positive) / norm
 
         image, anchor = positive.nonzero(as_tuple=True)  # [P]

@@ -42,9 +42,22 @@ def _reduce(loss: Tensor, reduction: str, count: Tensor | int | None = None) -> 
     raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
 
 
-def positive_normalizer(num_positive: Tensor | int) -> Tensor:
-    """The RetinaNet / SSD loss divisor: the number of positive anchors, at least 1."""
-    return torch.as_tensor(num_positive, dtype=torch.float32).clamp(min=1)
+def positive_normalizer(num_positive: Tensor | int, across_processes: bool = False) -> Tensor:
+    """The RetinaNet / SSD loss divisor: the number of positive anchors, at least 1.
+
+    With ``across_processes`` in a distributed run, the count averaged over the processes
+    (detectron2's choice): each process divides its sum by it, so that the gradients that
+    ``DistributedDataParallel`` averages equal those of one process normalising the whole
+    batch by its positives. In a single process it is the count itself.
+    """
+    count = torch.as_tensor(num_positive, dtype=torch.float32)
+    if across_processes and torch.distributed.is_available() and torch.distributed.is_initialized():
+        world = torch.distributed.get_world_size()
+        if world > 1:
+            count = count.detach().clone()
+            torch.distributed.all_reduce(count)
+            count = count / world
+    return count.clamp(min=1)
 
 
 def sigmoid_focal_loss(

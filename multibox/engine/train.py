@@ -39,6 +39,7 @@ from ..models import (
 )
 from ..viz import plot_pr_curves
 from .checkpoint import load_checkpoint, save_checkpoint
+from .distributed import Distributed, setup
 from .ema import ModelEMA
 
 __all__ = [
@@ -103,20 +104,34 @@ def build_model(
 
 
 class EpochSampler(Sampler[int]):
-    """Epoch ``e``'s order is a permutation seeded ``seed + e``; iteration can start mid-epoch."""
+    """Epoch ``e``'s order is a permutation seeded ``seed + e``; iteration can start mid-epoch.
 
-    def __init__(self, size: int, seed: int):
+    In a run of ``world`` processes, every global batch of ``batch_size x world`` consecutive
+    indices of that order is split in ``world`` slices of ``batch_size``, process ``rank``
+    taking slice ``rank``: the processes together see the batches one process of
+    ``batch_size x world`` would (incomplete global batches are dropped).
+    """
+
+    def __init__(self, size: int, seed: int, batch_size: int = 1, rank: int = 0, world: int = 1):
         self.size, self.seed, self.epoch, self.start = size, seed, 0, 0
+        self.batch_size, self.rank, self.world = batch_size, rank, world
 
     def set_position(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
 
-    def __iter__(self) -> Iterator[int]:
+    def _order(self) -> Tensor:
         order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
-        return iter(order[self.start :].tolist())
+        if self.world == 1:
+            return order
+        step = self.batch_size * self.world
+        usable = (self.size // step) * step
+        return order[:usable].view(-1, self.world, self.batch_size)[:, self.rank].reshape(-1)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._order()[self.start :].tolist())
 
     def __len__(self) -> int:
-        return self.size - self.start
+        return len(self._order()) - self.start
 
 
 def _lr_factor(config, total_steps: int):
@@ -219,17 +234,24 @@ def detect_settings(config) -> dict:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: DetectionSet, config: Config, batch_size: int | None = None) -> tuple[dict, list]:
+def evaluate(
+    model: nn.Module, data: DetectionSet, config: Config, batch_size: int | None = None, dist: Distributed | None = None
+) -> tuple[dict, list]:
     """Metrics of ``model`` on ``data`` (boxes mapped back to the original images) and its detections.
 
     Detectors: COCO metrics with per-class AP and precision-recall curves. Single-object
     steps: :func:`~multibox.metrics.single_object_metrics` or, for ``multilabel``,
-    :func:`~multibox.metrics.multilabel_metrics`.
+    :func:`~multibox.metrics.multilabel_metrics`. In a distributed run (``dist``), each process
+    predicts its share of the images, rank 0 gathers them and computes the metrics, and every
+    process gets them (the detections on rank 0 only).
     """
     t, kind = config.train, config.model.kind
+    dist = dist or Distributed()
     augment = Augment("none", tuple(t.image_size), t.resize)
+    dataset = DetectionDataset(data, augment, train=False)
+    shard = list(range(dist.rank, len(dataset), dist.world))
     loader = DataLoader(
-        DetectionDataset(data, augment, train=False),
+        torch.utils.data.Subset(dataset, shard) if dist.enabled else dataset,
         batch_size=batch_size or t.batch_size,
         num_workers=t.workers,
         collate_fn=detection_collate,
@@ -249,6 +271,25 @@ def evaluate(model: nn.Module, data: DetectionSet, config: Config, batch_size: i
             det.boxes = boxes_to_original(det.boxes, target["orig_size"], target["input_size"], t.resize)
             detections.append(det)
     model.train(was_training)
+    if dist.enabled:  # every process's share, back in the images' order, on rank 0
+        shares = dist.gather((detections, torch.cat(probabilities) if probabilities else None))
+        if not dist.main:
+            return dist.broadcast(None), []
+        detections = [None] * len(dataset)
+        for rank, (found, _) in enumerate(shares):
+            for slot, det in zip(range(rank, len(dataset), dist.world), found, strict=True):
+                detections[slot] = det
+        if kind == "multilabel":
+            merged = torch.zeros((len(dataset), shares[0][1].shape[1]))
+            for rank, (_, probs) in enumerate(shares):
+                merged[rank :: dist.world] = probs
+            probabilities = [merged]
+        metrics, detections = _metrics(kind, data, detections, probabilities, t.score_thresh), detections
+        return dist.broadcast(metrics), detections
+    return _metrics(kind, data, detections, probabilities, t.score_thresh), detections
+
+
+def _metrics(kind: str, data: DetectionSet, detections: list, probabilities: list, score_thresh: float) -> dict:
     truth = [
         {"boxes": r.boxes, "labels": r.labels, "ignore_boxes": r.ignore_boxes, "ignore_labels": r.ignore_labels}
         for r in data.records
@@ -258,10 +299,10 @@ def evaluate(model: nn.Module, data: DetectionSet, config: Config, batch_size: i
         present = np.zeros((len(data.records), classes))
         for i, record in enumerate(data.records):
             present[i, record.labels] = 1
-        return multilabel_metrics(torch.cat(probabilities).numpy(), present, t.score_thresh), detections
+        return multilabel_metrics(torch.cat(probabilities).numpy(), present, score_thresh)
     if kind in SINGLE_TASKS:
-        return single_object_metrics(detections, truth, classes, kind), detections
-    return coco_map(detections, truth, num_classes=classes, per_class=True), detections
+        return single_object_metrics(detections, truth, classes, kind)
+    return coco_map(detections, truth, num_classes=classes, per_class=True)
 
 
 class _Logs:
@@ -352,8 +393,8 @@ class Trainer:
     def __init__(self, config: Config, output: Path | None = None):
         t = config.train
         self.config = config
-        self.train_data, self.val_data = _load_splits(config, output)
-        self.device = resolve_device(t.device)
+        self.dist, self.device = setup(resolve_device(t.device))
+        self.train_data, self.val_data = _load_splits(config, output if self.dist.main else None)
         self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
         self.amp_dtype = _precision(t.amp, self.device)
         torch.manual_seed(t.seed)
@@ -361,16 +402,28 @@ class Trainer:
             from ..anchor_doctor import fit_yolo_anchors
 
             config.model.yolo_anchors = fit_yolo_anchors(self.train_data, t.image_size, t.resize)
-            print(f"yolov3 anchors (k-means on the training boxes): {[list(s) for s in config.model.yolo_anchors]}")
+            if self.dist.main:
+                print(f"yolov3 anchors (k-means on the training boxes): {[list(s) for s in config.model.yolo_anchors]}")
         model = build_model(config.model, len(self.train_data.class_names), image_size=t.image_size)
+        if t.sync_bn and self.dist.enabled:
+            if self.device.type != "cuda":
+                raise ValueError(
+                    "train.sync_bn needs CUDA devices (SyncBatchNorm runs on GPUs); set it to false on CPUs"
+                )
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(self.device, memory_format=self.memory_format)  # NHWC: faster convs (oneDNN, cuDNN)
+        # what runs the forward pass: the model, or its DistributedDataParallel replica
+        self.network: nn.Module = self.model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.network = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.size = tuple(t.image_size)
         self._anchors: dict[tuple[int, int], Tensor] = {}  # per batch size (minmax resizing varies it)
         self.dense = hasattr(model, "anchors")  # a detector with anchors (RetinaNet, the SSD family)
         self.criterion = build_criterion(config, model)
         augment = Augment(t.augment, self.size, t.resize, t.rotate, hflip=t.hflip)
         self.dataset = DetectionDataset(self.train_data, augment, seed=t.seed)
-        self.sampler = EpochSampler(len(self.dataset), t.seed)
+        self.sampler = EpochSampler(len(self.dataset), t.seed, t.batch_size, self.dist.rank, self.dist.world)
         self.optimizer = build_optimizer(t, self.model)
         fp16 = self.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
@@ -396,7 +449,7 @@ class Trainer:
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         targets = [{k: target[k].to(self.device) for k in ("boxes", "labels")} for target in targets]
         with torch.autocast(self.device.type, self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-            output = self.model(images)
+            output = self.network(images)
         output = type(output)(*(None if part is None else part.float() for part in output))
         if self.dense:
             return self.criterion(output, self.anchors(images.shape[-2:]), targets)
@@ -412,7 +465,10 @@ class Trainer:
     def step(self, losses: dict[str, Tensor]) -> bool:
         """Backward, clip, optimizer step; False (nothing changed) for a non-finite loss or gradient."""
         self.optimizer.zero_grad(set_to_none=True)
-        if not torch.isfinite(losses["total"]):
+        finite = torch.isfinite(losses["total"].detach()).float()
+        if self.dist.enabled:  # every process skips, or none: a lone backward would wait forever
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        if not finite:
             return False
         self.scaler.scale(losses["total"]).backward()
         self.scaler.unscale_(self.optimizer)
@@ -436,9 +492,11 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
     if t.deterministic:
         torch.use_deterministic_algorithms(True)
     run = Trainer(config, output)
-    config.save(output / "config.yaml")
+    main = run.dist.main  # in a distributed run, rank 0 writes the logs and checkpoints
+    if main:
+        config.save(output / "config.yaml")
     model, optimizer, train_data, val_data = run.model, run.optimizer, run.train_data, run.val_data
-    steps_per_epoch = len(run.dataset) // t.batch_size
+    steps_per_epoch = len(run.dataset) // (t.batch_size * run.dist.world)
     if steps_per_epoch == 0:
         raise ValueError(f"train.batch_size {t.batch_size} is larger than the {len(run.dataset)} training images")
     schedule_steps = steps_per_epoch * t.epochs
@@ -462,6 +520,8 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
         state.update({k: saved[k] for k in state})
 
     def checkpoint(path: Path) -> None:
+        if not main:
+            return
         save_checkpoint(
             path,
             {
@@ -477,14 +537,14 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
             },
         )
 
-    logs = _Logs(output, resume is not None)
+    logs = _Logs(output, resume is not None) if main else None
     metrics: dict = state["metrics"]
     try:
         while state["step"] < total_steps:
             epoch = state["epoch"]
             model.train()
             started, seen = time.perf_counter(), 0
-            bar = _progress(progress, epoch, steps_per_epoch - state["batch"])
+            bar = _progress(progress and main, epoch, steps_per_epoch - state["batch"])
             for images, targets in run.loader(epoch, state["batch"]):
                 losses = run.losses(images, targets)
                 if run.step(losses):
@@ -503,16 +563,18 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
                 scheduler.step()
                 state["step"] += 1
                 state["batch"] += 1
-                seen += len(images)
+                seen += len(images) * run.dist.world
+                logged = _logged(losses, run.dist)
                 row = {
                     "step": state["step"],
                     "epoch": epoch,
                     "lr": optimizer.param_groups[0]["lr"],
-                    "loss": losses["total"].item(),
-                    **{k: v.item() for k, v in losses.items() if k != "total"},  # cls, box (and obj)
+                    "loss": logged.pop("total"),
+                    **logged,  # cls, box (and obj)
                     "images_per_s": seen / (time.perf_counter() - started),
                 }
-                logs.write("train_log", row)
+                if logs is not None:
+                    logs.write("train_log", row)
                 bar(row)
                 if t.checkpoint_every and state["step"] % t.checkpoint_every == 0:
                     checkpoint(output / "last.pt")
@@ -523,13 +585,14 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
                 state["epoch"], state["batch"] = epoch + 1, 0
             finished = state["step"] >= total_steps
             if val_data is not None and ((state["batch"] == 0 and (epoch + 1) % t.eval_every == 0) or finished):
-                metrics, _ = evaluate(ema.module if ema is not None else model, val_data, config)
+                metrics, _ = evaluate(ema.module if ema is not None else model, val_data, config, dist=run.dist)
                 state["metrics"] = {k: v for k, v in metrics.items() if k not in ("per_class", "pr50")}
-                logs.write("val_log", {"step": state["step"], "epoch": epoch, **state["metrics"]})
+                if logs is not None:
+                    logs.write("val_log", {"step": state["step"], "epoch": epoch, **state["metrics"]})
                 if metrics.get(primary, -math.inf) > state["best"]:
                     state["best"] = metrics[primary]
                     checkpoint(output / "best.pt")
-                    if "pr50" in metrics:
+                    if "pr50" in metrics and main:
                         plot_pr_curves(
                             metrics["pr50"],
                             train_data.class_names,
@@ -540,9 +603,23 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
             if finished:
                 break
     finally:
-        logs.close()
-    _plot_losses(output)
+        if logs is not None:
+            logs.close()
+        run.dist.barrier()  # no process leaves (and closes the group) before rank 0 has written
+        run.dist.close()
+    if main:
+        _plot_losses(output)
     return metrics
+
+
+def _logged(losses: dict[str, Tensor], dist: Distributed) -> dict[str, float]:
+    """The loss parts to log: in a distributed run, averaged over the processes (each process's
+    losses are normalised by the processes' mean positives, so their mean is the batch's loss)."""
+    values = torch.stack([v.detach().float() for v in losses.values()])
+    if dist.enabled:
+        torch.distributed.all_reduce(values)
+        values /= dist.world
+    return dict(zip(losses, values.tolist(), strict=True))
 
 
 def _progress(enabled: bool, epoch: int, steps: int):
