@@ -30,7 +30,7 @@ from .data.dataset import IMAGENET_MEAN, IMAGENET_STD
 from .data.io import atomic_write_bytes
 from .engine.train import build_model, detect_settings
 from .predictor import Predictor, load
-from .structures import Detections
+from .structures import DenseOutput, Detections
 
 __all__ = ["DetectionGraph", "OnnxNetwork", "OnnxPredictor", "export_onnx"]
 
@@ -305,8 +305,6 @@ class OnnxNetwork(nn.Module):
     def detect(self, output, image_size: Sequence[int], score_thresh: float = 0.05, topk: int = 1000,
                nms_iou: float = 0.5, max_det: int = 100) -> list[Detections]:  # fmt: skip
         if not self.metadata["nms"]:
-            from .structures import DenseOutput
-
             return self.skeleton.detect(DenseOutput(*output), image_size, score_thresh, topk, nms_iou, max_det)
         baked = self.metadata["settings"]
         if abs(nms_iou - baked["nms_iou"]) > 1e-9 or max_det > baked["max_det"] or topk != baked["topk"]:

@@ -16,6 +16,7 @@ import asyncio
 import io
 import threading
 import time
+from dataclasses import dataclass
 from importlib import resources
 
 import numpy as np
@@ -28,6 +29,7 @@ from .predictor import Predictor
 __all__ = ["Limits", "create_app"]
 
 
+@dataclass(frozen=True)
 class Limits:
     """What a request may ask of the server.
 
@@ -37,8 +39,9 @@ class Limits:
         timeout: seconds an inference may take (504 beyond).
     """
 
-    def __init__(self, max_bytes: int = 20 * 2**20, max_pixels: int = 40_000_000, timeout: float = 30.0):
-        self.max_bytes, self.max_pixels, self.timeout = max_bytes, max_pixels, timeout
+    max_bytes: int = 20 * 2**20
+    max_pixels: int = 40_000_000
+    timeout: float = 30.0
 
 
 # Leading bytes of the formats the server decodes
