@@ -18,21 +18,11 @@ import time
 from pathlib import Path
 
 from _timing import machine
-from torch import nn
 
 from multibox.config import load_config
 from multibox.data.synthetic import synthesize_digits
 from multibox.engine.train import Trainer
-from multibox.models.backbones import _ReLU6
-
-
-def swap_activations(model: nn.Module, to_plain: bool) -> None:
-    for module in list(model.modules()):
-        for name, child in module.named_children():
-            if to_plain and isinstance(child, _ReLU6):
-                setattr(module, name, nn.ReLU6(inplace=True))
-            elif not to_plain and type(child) is nn.ReLU6:
-                setattr(module, name, _ReLU6())
+from multibox.models.backbones import copy_free_relu6
 
 
 def main() -> None:
@@ -50,7 +40,7 @@ def main() -> None:
     times: dict[str, list[float]] = {"multibox": [], "nn.ReLU6": []}
     for step in range(args.steps):
         variant = "multibox" if step % 2 == 0 else "nn.ReLU6"
-        swap_activations(run.model, to_plain=variant == "nn.ReLU6")
+        copy_free_relu6(run.model, enabled=variant == "multibox")
         started = time.perf_counter()
         images, targets = next(batches)
         run.step(run.losses(images, targets))
