@@ -1,6 +1,6 @@
 """The AP a dense detector's matching and box coder allow: a ceiling, not a benchmark.
 
-    python bench/matching_ceiling.py PRESET DATA [key=value ...]
+    python bench/matching_ceiling.py PRESET DATA [key=value ...] [--random-scores]
     python bench/matching_ceiling.py ssd_multihead data/digits3400
 
 On the validation split, every anchor that the preset's matching makes positive predicts its
@@ -8,6 +8,9 @@ object as well as the box coder can reach it (``decode(encode(box))``; the TanhC
 grid SSDs bounds the move), scored by that IoU, with the right class; other anchors predict
 nothing; class-wise NMS 0.5, then COCO AP. A trained network cannot beat these figures, so
 they separate what the anchors and matching can express from what training has learned.
+With ``--random-scores`` the positives are ranked at random instead of by that IoU: the
+ceiling of a network that boxes as well as its coder allows but whose class scores do not
+tell its well-placed boxes from its poorly placed ones.
 Grid-SSD presets (SSD matching, ``train.pos_iou``).
 """
 
@@ -27,9 +30,12 @@ from multibox.metrics import coco_map
 
 
 def main() -> None:
-    if len(sys.argv) < 3:
+    args = [a for a in sys.argv[1:] if a != "--random-scores"]
+    random_scores = len(args) < len(sys.argv) - 1
+    if len(args) < 2:
         raise SystemExit(__doc__)
-    preset, data, overrides = sys.argv[1], sys.argv[2], sys.argv[3:]
+    preset, data, overrides = args[0], args[1], args[2:]
+    generator = torch.Generator().manual_seed(0)
     config = load_config(preset, overrides)
     val = load_dataset(data, split="val")[0]
     size = tuple(config.train.image_size)
@@ -45,15 +51,18 @@ def main() -> None:
         positive = (matched >= 0).nonzero().squeeze(1)
         box_index = matched[positive]
         best = coder.decode(anchors, coder.encode(anchors, boxes[box_index], positive), positive)
-        score = box_iou(best, boxes[box_index]).diagonal()
+        reach = box_iou(best, boxes[box_index]).diagonal()
+        score = torch.rand(len(reach), generator=generator) if random_scores else reach
         keep = batched_nms(best, score, labels[box_index], 0.5)
         detections.append({"boxes": best[keep], "scores": score[keep], "labels": labels[box_index][keep]})
         found = torch.zeros(len(boxes), dtype=torch.bool)
-        found[box_index[score >= 0.5]] = True
+        found[box_index[reach >= 0.5]] = True
         reached.append(found)
     share = float(torch.cat(reached).float().mean())
     metrics = coco_map(detections, targets, len(val.class_names))
-    print(f"{preset} {' '.join(overrides)}: {share:.3f} of the objects have a positive anchor that reaches IoU 0.5")
+    ranked = "random scores" if random_scores else "scored by IoU"
+    reachable = f"{share:.3f} of the objects have a positive anchor that reaches IoU 0.5"
+    print(f"{preset} {' '.join(overrides)} ({ranked}): {reachable}")
     print("ceiling: " + "  ".join(f"{key} {metrics[key]:.3f}" for key in ("AP", "AP50", "AP75")))
 
 
