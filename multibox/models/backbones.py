@@ -149,8 +149,9 @@ class _ReLU6(nn.ReLU6):
     PyTorch's in-place ``hardtanh_`` keeps a clone of its input for the backward pass; the
     gradient only needs the output (``0 < y < 6`` exactly where ``0 < x < 6``). On MobileNetV2's
     expanded activations that clone is a full extra write of each one: this makes the
-    ``cpu_digits`` training step 1.09x faster (``bench/throughput.py``). Same values and gradients (tested); traced and
-    compiled graphs, and passes without gradient, use the plain operator.
+    ``cpu_digits`` training step 1.09x faster (``bench/throughput.py``). Same values and
+    gradients (tested); traced and compiled graphs, and passes without gradient, use the plain
+    operator.
     """
 
     def __init__(self):
