@@ -71,7 +71,9 @@ class Coverage:
 
     Attributes:
         anchors: the anchor settings measured.
-        pos_iou, neg_iou: the matcher's thresholds.
+        pos_iou: the matcher's positive threshold (the headline, the positives, the missed boxes).
+        neg_iou: the table's second threshold: the matcher's background one (RetinaNet), or any
+            other figure for a matcher with one threshold (the SSD family; may exceed ``pos_iou``).
         best_iou: ``[N]`` highest IoU of each box with any anchor.
         best_anchor: ``[N, 4]`` that anchor (xyxy, input pixels).
         positives: ``[N]`` anchors with IoU >= ``pos_iou``.
@@ -207,8 +209,8 @@ def _match_quality(groups: dict, anchors: AnchorConfig | FixedAnchors, pos_iou: 
 
 
 def _check(pos_iou: float, neg_iou: float, groups: dict) -> None:
-    if not 0 < neg_iou <= pos_iou <= 1:
-        raise ValueError(f"need 0 < neg_iou <= pos_iou <= 1, got {neg_iou} and {pos_iou}")
+    if not (0 < pos_iou <= 1 and 0 < neg_iou <= 1):
+        raise ValueError(f"IoU thresholds must be in (0, 1], got pos_iou {pos_iou} and neg_iou {neg_iou}")
     if not groups:
         raise ValueError("the dataset has no boxes: there is nothing for anchors to cover")
 

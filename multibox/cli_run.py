@@ -200,9 +200,10 @@ def anchors(
     """Anchor doctor: can every object be matched? Coverage by size, missed boxes, fitted anchors.
 
     For each ground-truth box (resized as the network sees it): does its best anchor reach IoU 0.5
-    (and 0.4), and how many anchors reach it; a picture of boxes no anchor catches; anchors fitted
-    with k-means (RetinaNet: sizes and ratios; YOLOv3: its nine shapes; SSD: its scales), with the
-    same table and the overrides to use them. The course's grid SSDs have nothing to fit.
+    (and 0.4; an SSD preset matching at another IoU: that and 0.5), and how many anchors reach
+    it; a picture of boxes no anchor catches; anchors fitted with k-means (RetinaNet: sizes and
+    ratios; YOLOv3: its nine shapes; SSD: its scales), with the same table and the overrides to
+    use them. The course's grid SSDs have nothing to fit.
 
     Example: multibox anchors --data data/digits --preset retinanet_r50_fpn --image-size 256
     """
@@ -230,8 +231,12 @@ def _anchor_doctor(config, dataset, size):
 
     m, t = config.model, config.train
 
+    # RetinaNet's matcher has two thresholds; the SSD family's one (everything under it is
+    # background), so its table's second column is the usual 0.5 (0.4 for a preset matching at 0.5)
+    second = t.neg_iou if m.kind in ("retinanet", "yolov3") else 0.5 if t.pos_iou != 0.5 else 0.4
+
     def measure(anchors):
-        return anchor_coverage(dataset, anchors, size, t.resize, t.pos_iou, t.neg_iou)
+        return anchor_coverage(dataset, anchors, size, t.resize, t.pos_iou, second)
 
     if m.kind == "retinanet":
         current = AnchorConfig(tuple(m.anchor_strides), tuple(m.anchor_sizes), tuple(m.anchor_scales),

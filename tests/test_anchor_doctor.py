@@ -123,8 +123,9 @@ def test_an_empty_dataset_and_bad_thresholds_are_clear_errors(scenes):
         anchor_coverage(empty, ANCHORS, (64, 64))
     with pytest.raises(ValueError, match="no boxes"):
         suggest_anchors(empty, ANCHORS, (64, 64))
-    with pytest.raises(ValueError, match="neg_iou <= pos_iou"):
-        anchor_coverage(scenes, ANCHORS, (64, 64), pos_iou=0.3, neg_iou=0.4)
+    for pos_iou, neg_iou in ((0.0, 0.4), (0.5, 1.5)):
+        with pytest.raises(ValueError, match="IoU thresholds must be in"):
+            anchor_coverage(scenes, ANCHORS, (64, 64), pos_iou=pos_iou, neg_iou=neg_iou)
 
 
 def test_the_cli_names_a_missing_dataset_and_an_unknown_preset(tmp_path):
@@ -178,3 +179,23 @@ def test_the_cli_checks_and_fits_the_ssd_family_and_yolo(digits, tmp_path, name,
     current, fitted = report["current"]["rows"][-1], report["suggested"]["rows"][-1]
     assert report["suggested"]["overrides"].startswith(setting)
     assert fitted["iou>=0.5"] >= current["iou>=0.5"], result.output
+
+
+def test_the_cli_reports_a_one_threshold_matcher_at_its_threshold_and_at_0_5(digits, tmp_path):
+    """ssd_multihead matches at IoU 0.15, under the 0.4 of RetinaNet's background threshold."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from multibox.anchors import grid_anchors
+    from multibox.cli import app
+
+    out = tmp_path / "doctor"
+    result = CliRunner().invoke(app, ["anchors", "--data", str(digits), "--preset", "ssd_multihead", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "IoU>=0.15" in result.output and "IoU>=0.5" in result.output
+    data, _ = load_dataset(digits, "train")
+    course = FixedAnchors(grid_anchors((4, 2, 1)) * 256, (256, 256), "the course's 189 anchors")
+    expected = anchor_coverage(data, course, (256, 256), pos_iou=0.15, neg_iou=0.5)
+    got = json.loads((out / "anchors.json").read_text())["current"]["rows"]
+    assert got == expected.rows and 0 < expected.rows[-1]["iou>=0.5"] < expected.rows[-1]["iou>=0.15"]
