@@ -68,6 +68,18 @@ def test_grid_networks_use_the_course_anchors_and_tanh_coder():
         GridSSD(5, (256, 320), pretrained="none")
 
 
+def test_the_grid_head_takes_mobilenet_c5_as_it_is():
+    """MobileNetV2's C5 is a linear bottleneck: no ReLU may drop its negative half before the head."""
+    model = GridSSD(3, (256, 256), pretrained="none").eval()
+    seen = {}
+    model.sconv0.register_forward_hook(lambda module, inputs, output: seen.update(c5=inputs[0]))
+    images = torch.randn(2, 3, 256, 256)
+    with torch.no_grad():
+        model(images)
+        c5 = list(model.backbone(images).values())[-1]
+    assert torch.equal(seen["c5"], c5) and bool((c5 < 0).any())
+
+
 def test_toy_and_ssd300_anchors_are_the_papers():
     assert torch.equal(ToySSD(1).anchors(), ssd_default_boxes(**TOY_SSD)) and len(ToySSD(1).anchors()) == 5444
     maps = (38, 19, 10, 5, 3, 1)

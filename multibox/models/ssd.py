@@ -143,7 +143,7 @@ class GridSSD(_FixedSizeDetector):
 
     ``grids=1``: the 4x4 grid with one anchor per cell (``ssd_grid``); ``grids=3``: 4x4, 2x2 and
     1x1 grids with ``len(zooms) * len(ratios)`` anchors per cell (``ssd_multihead``). The
-    backbone's C5 goes through ReLU and dropout, a stride-1 :class:`StdConv`, then stride-2
+    backbone's C5 goes through dropout, a stride-1 :class:`StdConv`, then stride-2
     ones down to the first grid, and one more stride-2 :class:`StdConv` per further grid; each
     grid has its :class:`OutConv`. Boxes are decoded by :class:`~multibox.coding.TanhCoder`;
     classes are independent sigmoids (BCE or focal loss, no background column).
@@ -206,7 +206,9 @@ class GridSSD(_FixedSizeDetector):
     def forward(self, images: Tensor) -> DenseOutput:
         self._check_input(images)
         x = list(self.backbone(images).values())[-1]
-        x = self.sconv0(self.drop(torch.relu(x)))
+        # the course applies ReLU to ResNet's C5, where it changes nothing (C5 ends in a ReLU);
+        # MobileNetV2's C5 is a linear bottleneck, and a ReLU would zero its negative half
+        x = self.sconv0(self.drop(x))
         grids = []
         for sconv in self.sconvs:
             x = sconv(x)
