@@ -231,8 +231,9 @@ def _anchor_doctor(config, dataset, size):
 
     m, t = config.model, config.train
 
-    # RetinaNet's matcher has two thresholds; the SSD family's one (everything under it is
-    # background), so its table's second column is the usual 0.5 (0.4 for a preset matching at 0.5)
+    # RetinaNet's matcher has two thresholds (YOLOv3 assigns by shape and is shown at the same
+    # 0.5 and 0.4); the SSD family's has one, everything under it background, so its table's
+    # second column is the usual 0.5 (0.4 for a preset matching at 0.5)
     second = t.neg_iou if m.kind in ("retinanet", "yolov3") else 0.5 if t.pos_iou != 0.5 else 0.4
 
     def measure(anchors):
