@@ -231,10 +231,13 @@ def _anchor_doctor(config, dataset, size):
 
     m, t = config.model, config.train
 
-    # RetinaNet's matcher has two thresholds (YOLOv3 assigns by shape and is shown at the same
-    # 0.5 and 0.4); the SSD family's has one, everything under it background, so its table's
-    # second column is the usual 0.5 (0.4 for a preset matching at 0.5)
-    second = t.neg_iou if m.kind in ("retinanet", "yolov3") else 0.5 if t.pos_iou != 0.5 else 0.4
+    # the table's second column: RetinaNet's background threshold (YOLOv3, which assigns by
+    # shape, is shown at the same 0.5 and 0.4); the SSD family's matcher has one threshold,
+    # everything under it background, so its second column is the usual 0.5, or 0.4 beside 0.5
+    if m.kind in ("retinanet", "yolov3"):
+        second = t.neg_iou
+    else:
+        second = 0.4 if t.pos_iou == 0.5 else 0.5
 
     def measure(anchors):
         return anchor_coverage(dataset, anchors, size, t.resize, t.pos_iou, second)
