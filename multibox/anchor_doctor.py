@@ -229,7 +229,8 @@ def anchor_coverage(
     (``resize``: squish, letterbox or minmax), then compared with every anchor of that
     input size (exact IoU, anchors at their grid positions, not only their shapes).
     ``anchors`` are RetinaNet's settings (anchors for any input size) or the
-    :class:`FixedAnchors` of a network built for ``image_size``.
+    :class:`FixedAnchors` of a network built for ``image_size``. ``pos_iou`` and ``neg_iou`` are
+    the table's two thresholds (see :class:`Coverage`); positives count at ``pos_iou``.
     """
     groups = _input_boxes(data, image_size, resize)
     _check(pos_iou, neg_iou, groups)
