@@ -87,6 +87,33 @@ def sigmoid_focal_loss(
     return _reduce(loss, reduction)
 
 
+class _NegativeFocalSum(torch.autograd.Function):
+    """``(sigmoid(x) ** gamma * softplus(x)).sum(-1)`` with a hand-written backward.
+
+    Autograd's version of this expression makes about twenty passes over the dense ``[B, A, K]``
+    logits forward and backward (the largest tensor of the loss); this one makes ten:
+    ``d/dx = s^gamma * (gamma * (1 - s) * softplus(x) + s)`` with ``s = sigmoid(x)``, from the
+    saved ``s``, ``s^gamma`` and ``softplus(x)``. Same values; gradients equal to float rounding
+    (tested against torchvision's focal loss).
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, gamma: float) -> Tensor:
+        s = torch.sigmoid(logits)
+        softplus = F.softplus(logits)
+        s_gamma = s * s if gamma == 2 else s.pow(gamma)
+        ctx.gamma = gamma
+        ctx.save_for_backward(s, s_gamma, softplus)
+        return (s_gamma * softplus).sum(dim=-1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        s, s_gamma, softplus = ctx.saved_tensors
+        slope = torch.rsub(s, 1).mul_(softplus)
+        return s.add(slope, alpha=ctx.gamma).mul_(s_gamma).mul_(grad.unsqueeze(-1)), None
+
+
 def sigmoid_focal_loss_dense(
     cls_logits: Tensor, labels: Tensor, alpha: float | None = 0.25, gamma: float = 2.0
 ) -> Tensor:
@@ -118,7 +145,7 @@ def sigmoid_focal_loss_dense(
     w_pos, w_neg = (alpha, 1 - alpha) if weighted else (1.0, 1.0)
 
     # Every entry as a negative: -(1 - alpha) * p^gamma * log(1 - p) = (1 - alpha) * p^gamma * softplus(x).
-    as_negative = (torch.sigmoid(cls_logits) ** gamma * F.softplus(cls_logits)).sum(dim=-1)  # [B, A]
+    as_negative = _NegativeFocalSum.apply(cls_logits, gamma)  # [B, A]
     per_image = (as_negative * (labels != IGNORE)).sum(dim=-1) * w_neg
 
     positive = labels >= 0
