@@ -7,7 +7,16 @@ from data_helpers import make_images
 
 from multibox.data.dataset import DetectionDataset
 from multibox.data.records import DetectionSet, Record
-from multibox.data.transforms import Augment, _Pipeline, build_transform, iou_crop, mosaic, zoom_out
+from multibox.data.transforms import (
+    Augment,
+    _Albumentations,
+    _Pipeline,
+    _resize_ops,
+    build_transform,
+    iou_crop,
+    mosaic,
+    zoom_out,
+)
 
 PALETTE = np.array(
     [
@@ -59,6 +68,35 @@ def test_geometric_presets_keep_boxes_true(preset, resize, rotate):
     for seed in range(6):
         out = transform(scene(), np.random.default_rng(seed))
         assert_boxes_match_paint(out, tolerance=3.5 if rotate else 2.5)
+
+
+@pytest.mark.parametrize("resize", ["squish", "letterbox"])
+def test_resize_of_an_image_already_at_size_equals_albumentations(resize):
+    """The shortcut for images already at the input size clips and filters boxes as albumentations does."""
+    image = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    boxes = np.array(
+        [
+            [10, 10, 50, 40],
+            [-5, 3, 20, 30],
+            [150, 100, 170, 130],
+            [30, 30, 31.5, 50],
+            [40, 40, 40.5, 60],
+            [5, 7, 9, 7.5],
+        ],
+        np.float32,
+    )
+    labels = np.arange(len(boxes))
+    fast = build_transform(Augment(preset="none", size=(120, 160), resize=resize), train=True)
+    slow = _Albumentations(_resize_ops(resize, (120, 160)))
+    got = fast((image, boxes, labels), np.random.default_rng(1))
+    want = slow((image, boxes, labels), np.random.default_rng(1))
+    assert got[0] is image
+    np.testing.assert_array_equal(got[2], want[2])  # boxes under 1 px dropped alike (labels 4 and 5)
+    np.testing.assert_allclose(got[1], want[1], atol=1e-4)
+    assert set(got[2].tolist()) == {0, 1, 2, 3}
+    # another size still goes through the resize
+    small = fast((image[:60, :80], boxes / 2, labels), np.random.default_rng(1))
+    assert small[0].shape[:2] == (120, 160)
 
 
 def test_ssd_geometry_keeps_boxes_true():
