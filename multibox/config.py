@@ -72,6 +72,7 @@ class ModelConfig:
     p6_from: str = "c5"
     frozen_bn: bool = True
     trainable_stages: int = 3
+    frozen_blocks: int = 0
     anchor_strides: tuple[int, ...] = (8, 16, 32, 64, 128)
     anchor_sizes: tuple[float, ...] = (32, 64, 128, 256, 512)
     anchor_scales: tuple[float, ...] = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
@@ -194,6 +195,7 @@ PRESETS: dict[str, dict] = {
             "separable_head": True,
             "group_norm": True,
             "trainable_stages": 3,
+            "frozen_blocks": 5,
             "anchor_strides": [8, 16, 32],
             "anchor_sizes": [12, 32, 80],
             "anchor_ratios": [1.0, 1.5, 2.5],

@@ -6,6 +6,8 @@ import torchvision
 from conftest import canonical
 
 from multibox.coding import DeltaCoder
+from multibox.config import ModelConfig
+from multibox.engine.train import build_model
 from multibox.models import AnchorConfig, RetinaNet, build_backbone
 from multibox.models.backbones import offline_mobilenet_v2_weights
 from multibox.postprocess import postprocess
@@ -122,6 +124,26 @@ def test_mobilenet_imagenet_weights_load_offline_and_freezing():
         backbone = build_backbone("mobilenet_v2", pretrained="none", trainable_stages=stages)
         trainable = {int(n.split(".")[2]) for n, p in backbone.named_parameters() if p.requires_grad}
         assert trainable == set(range(first, 18)), stages
+
+
+def _trained_mobilenet_blocks(model):
+    names = (n for n, p in model.named_parameters() if p.requires_grad and "features." in n)
+    return {int(n.split("features.")[1].split(".")[0]) for n in names}
+
+
+@pytest.mark.parametrize("kind", ["retinanet", "ssdlite", "yolov3"])
+def test_frozen_blocks_freeze_mobilenet_blocks_on_top_of_stages(kind):
+    def build(**options):
+        return build_model(ModelConfig(kind=kind, pretrained="none", **options), 3, image_size=(128, 128))
+
+    model = build(trainable_stages=3, frozen_blocks=5)
+    assert _trained_mobilenet_blocks(model) == set(range(5, 18))  # trainable_stages=3 alone trains 4-17
+    assert all(p.requires_grad for n, p in model.named_parameters() if "features." not in n)
+    assert _trained_mobilenet_blocks(build(trainable_stages=1, frozen_blocks=5)) == set(range(14, 18))
+    with pytest.raises(ValueError, match=r"frozen_blocks must be 0\.\.18"):
+        build(frozen_blocks=19)
+    with pytest.raises(ValueError, match="use it with backbone mobilenet_v2"):
+        build(backbone="resnet18", frozen_blocks=5)
 
 
 def test_bad_backbone_options():

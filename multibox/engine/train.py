@@ -37,6 +37,7 @@ from ..models import (
     ToySSD,
     YOLOv3,
 )
+from ..models.backbones import freeze_leading_blocks
 from ..viz import plot_pr_curves
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import Distributed, setup
@@ -61,7 +62,13 @@ def build_model(
     config: ModelConfig, num_classes: int, pretrained: str | None = None, image_size: Sequence[int] = (512, 512)
 ) -> nn.Module:
     """The network a :class:`ModelConfig` describes (``image_size``: the input, for the networks
-    built for one input size: the single-object heads that flatten a feature map, the SSD family)."""
+    built for one input size: the single-object heads that flatten a feature map, the SSD family),
+    with ``config.frozen_blocks`` MobileNetV2 blocks frozen (see :func:`freeze_leading_blocks`)."""
+    model = _network(config, num_classes, pretrained, image_size)
+    return freeze_leading_blocks(model, config.frozen_blocks) if config.frozen_blocks else model
+
+
+def _network(config: ModelConfig, num_classes: int, pretrained: str | None, image_size: Sequence[int]) -> nn.Module:
     backbone = {
         "backbone": config.backbone,
         "pretrained": pretrained or config.pretrained,

@@ -24,6 +24,7 @@ __all__ = [
     "build_backbone",
     "copy_free_relu6",
     "fold_frozen_batchnorm",
+    "freeze_leading_blocks",
     "offline_mobilenet_v2_weights",
 ]
 
@@ -229,6 +230,25 @@ def _freeze(module: nn.Module, trainable: list[str]) -> None:
     for name, parameter in module.named_parameters():
         if not any(name.startswith(prefix) for prefix in trainable):
             parameter.requires_grad_(False)
+
+
+def freeze_leading_blocks(model: nn.Module, count: int) -> nn.Module:
+    """Freeze the first ``count`` of the 18 MobileNetV2 feature blocks in ``model``, in place.
+
+    A finer cut than ``trainable_stages``, which trains whole stages: ``count=5`` keeps the
+    stride-8 stage's first block fixed (block 4, whose 144-channel expansion runs at stride 4,
+    the largest trained activation of ``trainable_stages=3``) and trains blocks 5-6 and the deeper
+    stages. Blocks frozen by ``trainable_stages`` stay frozen.
+    """
+    stages = [module for module in model.modules() if isinstance(module, _MobileNetStages)]
+    if not stages:
+        raise ValueError("model.frozen_blocks counts MobileNetV2 blocks: use it with backbone mobilenet_v2")
+    blocks = stages[0].features
+    if not 0 <= count <= len(blocks):
+        raise ValueError(f"model.frozen_blocks must be 0..{len(blocks)} (MobileNetV2's blocks), got {count}")
+    for parameter in blocks[:count].parameters():
+        parameter.requires_grad_(False)
+    return model
 
 
 def build_backbone(
