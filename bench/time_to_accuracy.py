@@ -60,7 +60,8 @@ class MobileNetFPN(nn.Module):
 def torchvision_model(config, num_classes: int) -> TorchvisionRetinaNet:
     m, t = config.model, config.train
     # the same trainable blocks as multibox's trainable_stages (stages end at 2, 4, 7, 14, 18)
-    trainable_from = (18, 14, 7, 4, 2, 0)[m.trainable_stages]
+    # and frozen_blocks (blocks frozen on top of the stages)
+    trainable_from = max((18, 14, 7, 4, 2, 0)[m.trainable_stages], m.frozen_blocks)
     sizes = tuple(tuple(s * k for k in m.anchor_scales) for s in m.anchor_sizes)
     anchors = AnchorGenerator(sizes, (tuple(m.anchor_ratios),) * len(sizes))
     side = t.image_size[0]
