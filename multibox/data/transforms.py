@@ -41,13 +41,17 @@ PAD_VALUE = 114  # letterbox and mosaic fill, the grey of the YOLO family
 Sample = tuple[np.ndarray, np.ndarray, np.ndarray]  # image, boxes, labels
 
 
+# Boxes narrower or shorter than this (pixels) after a transform are dropped.
+MIN_BOX_SIDE = 1.0
+
+
 def _bbox_params(min_visibility: float = 0.0) -> A.BboxParams:
     return A.BboxParams(
         format="pascal_voc",
         label_fields=["labels"],
         min_visibility=min_visibility,
-        min_width=1.0,
-        min_height=1.0,
+        min_width=MIN_BOX_SIDE,
+        min_height=MIN_BOX_SIDE,
         clip=True,
         check_each_transform=False,
     )
@@ -94,7 +98,7 @@ class _ResizeUnlessSized(_Albumentations):
             return super().__call__(sample, rng)
         height, width = self.size
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4).clip(0, [width, height, width, height])
-        keep = (boxes[:, 2] - boxes[:, 0] >= 1.0) & (boxes[:, 3] - boxes[:, 1] >= 1.0)
+        keep = (boxes[:, 2] - boxes[:, 0] >= MIN_BOX_SIDE) & (boxes[:, 3] - boxes[:, 1] >= MIN_BOX_SIDE)
         return image, boxes[keep], np.asarray(labels, np.int64).reshape(-1)[keep]
 
 
