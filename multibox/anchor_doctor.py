@@ -35,6 +35,7 @@ __all__ = [
     "FixedAnchors",
     "anchor_coverage",
     "draw_missed",
+    "fit_grid_shapes",
     "fit_ssd_scales",
     "fit_yolo_anchors",
     "suggest_anchors",
@@ -373,6 +374,56 @@ def fit_ssd_scales(
         score = float((_match_quality(subset, fixed, pos_iou)[0] >= pos_iou).float().mean())
         if score > best_score:
             best, best_score = scales, score
+    return best
+
+
+def fit_grid_shapes(
+    data: DetectionSet,
+    anchors_for: Callable[[tuple[float, ...], tuple[float, ...]], Tensor],
+    grids: Sequence[int],
+    zooms: Sequence[float],
+    ratios: Sequence[float],
+    image_size: Sequence[int],
+    resize: str = "squish",
+    pos_iou: float = 0.5,
+    sample: int = 2000,
+    seed: int = 0,
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``model.grid_zooms`` and ``model.grid_ratios`` of the course's grid SSDs fitted to ``data``.
+
+    Ratios (h / w): k-means on the boxes' log aspect ratios, one centre per ratio of ``ratios``.
+    Zooms: an anchor of zoom ``z`` is ``z`` cells long (see
+    :func:`~multibox.anchors.grid_ratios`), so each box's longer side is measured in cells of
+    the grid nearest its size (in log scale) and k-means on those logs gives one zoom per zoom
+    of ``zooms``. The given zooms with fitted ratios and the fitted zooms with fitted ratios are
+    built by ``anchors_for(zooms, ratios)`` (``[A, 4]`` for ``image_size``), and the pair whose
+    best anchors reach ``pos_iou`` for the most boxes of a seeded sample of ``sample`` is returned.
+    """
+    groups = _input_boxes(data, image_size, resize)
+    _check(pos_iou, pos_iou, groups)
+    boxes = torch.cat([b for b, _ in groups.values()])
+    wh = boxes[:, 2:] - boxes[:, :2]
+    wh = wh[(wh > 0).all(dim=1)]
+    if len(wh) < max(len(zooms), len(ratios)):
+        raise ValueError(f"need at least {max(len(zooms), len(ratios))} boxes to fit anchor shapes, got {len(wh)}")
+    fitted_ratios = _kmeans_1d(torch.log(wh[:, 1] / wh[:, 0]), len(ratios)).exp()
+    side = math.sqrt(float(image_size[0]) * float(image_size[1]))
+    cells = torch.log(torch.tensor([side / g for g in grids], dtype=torch.float64))  # [G]
+    in_cells = torch.log(wh.max(dim=1).values)[:, None] - cells[None]  # [n, G]
+    nearest = in_cells.gather(1, in_cells.abs().argmin(dim=1, keepdim=True)).squeeze(1)
+    fitted_zooms = _kmeans_1d(nearest, len(zooms)).exp()
+    ratios_out = tuple(round(float(r), 2) for r in fitted_ratios)
+    zooms_out = [round(float(z), 2) for z in fitted_zooms]
+    for k in range(1, len(zooms_out)):  # k-means on few distinct sizes may tie: keep them increasing
+        zooms_out[k] = max(zooms_out[k], round(zooms_out[k - 1] * 1.05, 2))
+    subset = _sample(groups, sample, seed)
+    size = (int(image_size[0]), int(image_size[1]))
+    best, best_score = None, -1.0
+    for candidate in ((tuple(zooms), ratios_out), (tuple(zooms_out), ratios_out)):
+        fixed = FixedAnchors(anchors_for(*candidate), size, "")
+        score = float((_match_quality(subset, fixed, pos_iou)[0] >= pos_iou).float().mean())
+        if score > best_score:
+            best, best_score = candidate, score
     return best
 
 

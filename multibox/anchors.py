@@ -17,6 +17,7 @@ __all__ = [
     "TOY_SSD",
     "grid_anchors",
     "grid_cell_sizes",
+    "grid_ratios",
     "kmeans_anchors",
     "pyramid_anchors",
     "pyramid_grid_sizes",
@@ -138,6 +139,15 @@ def grid_anchors(
         half = (wh / g / 2)[None]  # [1, types, 2]
         levels.append(torch.cat((ctr - half, ctr + half), dim=-1).reshape(-1, 4))
     return torch.cat(levels)
+
+
+def grid_ratios(aspects: Sequence[float]) -> tuple[tuple[float, float], ...]:
+    """The course's ``(height, width)`` multipliers for aspect ratios ``h / w``: the longer side
+    is the zoomed cell, the other shorter by the ratio (``1, 2, 0.5`` give the course's
+    ``(1, 1), (1, 0.5), (0.5, 1)``), so that an anchor of zoom ``z`` is ``z`` cells long."""
+    if not aspects or not all(math.isfinite(r) and r > 0 for r in aspects):
+        raise ValueError(f"aspect ratios (height / width) must be positive numbers, got {list(aspects)}")
+    return tuple((1.0, 1.0 / r) if r >= 1 else (r, 1.0) for r in map(float, aspects))
 
 
 def grid_cell_sizes(grids: Sequence[int] = (4, 2, 1), anchors_per_cell: int = 9) -> Tensor:

@@ -202,8 +202,8 @@ def anchors(
     For each ground-truth box (resized as the network sees it): does its best anchor reach IoU 0.5
     (and 0.4; an SSD preset matching at another IoU: that and 0.5), and how many anchors reach
     it; a picture of boxes no anchor catches; anchors fitted with k-means (RetinaNet: sizes and
-    ratios; YOLOv3: its nine shapes; SSD: its scales), with the same table and the overrides to
-    use them. The course's grid SSDs have nothing to fit.
+    ratios; YOLOv3: its nine shapes; SSD: its scales; the course's grid SSDs: the zooms and
+    ratios of each cell's anchors), with the same table and the overrides to use them.
 
     Example: multibox anchors --data data/digits --preset retinanet_r50_fpn --image-size 256
     """
@@ -224,8 +224,15 @@ def anchors(
 
 
 def _anchor_doctor(config, dataset, size):
-    """Coverage of the preset's anchors, and of fitted ones (or None) with the overrides to use them."""
-    from .anchor_doctor import FixedAnchors, anchor_coverage, fit_ssd_scales, fit_yolo_anchors, suggest_anchors
+    """Coverage of the preset's anchors, and of fitted ones with the overrides to use them."""
+    from .anchor_doctor import (
+        FixedAnchors,
+        anchor_coverage,
+        fit_grid_shapes,
+        fit_ssd_scales,
+        fit_yolo_anchors,
+        suggest_anchors,
+    )
     from .engine.train import build_model
     from .models import AnchorConfig
 
@@ -262,9 +269,24 @@ def _anchor_doctor(config, dataset, size):
         fitted = dataclasses.replace(m, yolo_anchors=shapes)
         overrides = "model.yolo_anchors=[" + ", ".join(f"[{w:g}, {h:g}]" for w, h in shapes) + "]"
         return measure(fixed(m, given)), measure(fixed(fitted, "k-means shapes")), overrides
-    current = measure(fixed(m, f"scales {list(m.ssd_scales)}" if m.ssd_scales else "the preset's geometry"))
     if m.kind in ("ssd_grid", "ssd_multihead"):
-        return current, None, ""
+        model = build_model(m, 1, pretrained="none", image_size=size)
+        ratios = [h / w for h, w in model.ratios]
+        described = f"zooms {list(model.zooms)}, ratios {[round(r, 2) for r in ratios]}"
+        current = measure(fixed(m, described))
+
+        def grid_anchors_for(zooms, ratios):
+            shapes = dataclasses.replace(m, grid_zooms=zooms, grid_ratios=ratios)
+            return build_model(shapes, 1, pretrained="none", image_size=size).anchors()
+
+        zooms, ratios = fit_grid_shapes(dataset, grid_anchors_for, model.grids, model.zooms, ratios, size,
+                                        t.resize, t.pos_iou)  # fmt: skip
+        fitted = dataclasses.replace(m, grid_zooms=zooms, grid_ratios=ratios)
+        overrides = f"model.grid_zooms=[{', '.join(f'{v:g}' for v in zooms)}] " + (
+            f"model.grid_ratios=[{', '.join(f'{v:g}' for v in ratios)}]"
+        )
+        return current, measure(fixed(fitted, f"fitted zooms {list(zooms)}, ratios {list(ratios)}")), overrides
+    current = measure(fixed(m, f"scales {list(m.ssd_scales)}" if m.ssd_scales else "the preset's geometry"))
 
     def ssd_anchors(scales):
         return build_model(dataclasses.replace(m, ssd_scales=scales), 1, pretrained="none", image_size=size).anchors()
@@ -290,7 +312,7 @@ def _anchor_report(data, split, preset, size, t, dataset, coverage, suggested, o
         "image_size": list(size),
         "resize": t.resize,
         "current": coverage.to_dict(dataset),
-        "suggested": {**suggested.to_dict(dataset), "overrides": overrides} if suggested is not None else None,
+        "suggested": {**suggested.to_dict(dataset), "overrides": overrides},
     }
     atomic_write_text(out / "anchors.json", json.dumps(report, indent=2))
     pos = f"IoU>={t.pos_iou:g}"
@@ -298,14 +320,11 @@ def _anchor_report(data, split, preset, size, t, dataset, coverage, suggested, o
     typer.echo(f"{data} ({split}): {len(dataset.records)} images, {boxes} boxes at input {size[0]}x{size[1]}")
     typer.echo(f"\n{preset}:\n{coverage.table()}")
     typer.echo(f"{len(coverage.missed())} boxes have no anchor at {pos}" + (f" (worst: {picture})" if drawn else ""))
-    if suggested is None:
-        typer.echo(f"\n{preset}'s anchors follow from its grids: there are no settings to fit")
+    typer.echo(f"\nfitted (k-means):\n{suggested.table()}")
+    if suggested.matched > coverage.matched:
+        typer.echo(f"{pos}: {coverage.matched:.1%} -> {suggested.matched:.1%}; to use them: {overrides}")
     else:
-        typer.echo(f"\nfitted (k-means):\n{suggested.table()}")
-        if suggested.matched > coverage.matched:
-            typer.echo(f"{pos}: {coverage.matched:.1%} -> {suggested.matched:.1%}; to use them: {overrides}")
-        else:
-            typer.echo(f"{pos}: fitted {suggested.matched:.1%}, {preset}'s {coverage.matched:.1%}: keep the preset's")
+        typer.echo(f"{pos}: fitted {suggested.matched:.1%}, {preset}'s {coverage.matched:.1%}: keep the preset's")
     typer.echo(f"written: {out / 'anchors.json'}")
 
 

@@ -52,7 +52,9 @@ class ModelConfig:
     :class:`multibox.models.SingleObjectNet`; they use the backbone settings, ``hidden`` and
     ``dropout``); or one of the SSD family ``ssd_grid``, ``ssd_multihead`` (see
     :class:`multibox.models.GridSSD`: backbone settings, ``hidden`` as the head's width,
-    ``dropout``), ``toyssd`` (:class:`multibox.models.ToySSD`, no settings), ``ssd300``,
+    ``dropout``, and the anchors of each cell: ``grid_zooms``, their longer side in cells, and
+    ``grid_ratios``, their height / width; empty: the course's, 0.7, 1, 1.3 and 1, 2, 0.5 for
+    ``ssd_multihead``, 1 and 1 for ``ssd_grid``), ``toyssd`` (:class:`multibox.models.ToySSD`, no settings), ``ssd300``,
     ``ssdlite`` (:class:`multibox.models.MobileNetSSD`: backbone settings). The ``anchor_*``
     settings are RetinaNet's; the SSD family's anchors follow from the input size and, for
     ``toyssd``, ``ssd300`` and ``ssdlite``, from ``ssd_scales`` (empty: the paper's). ``yolov3``
@@ -80,6 +82,8 @@ class ModelConfig:
     hidden: int = 256
     dropout: float = 0.5
     ssd_scales: tuple[float, ...] = ()
+    grid_zooms: tuple[float, ...] = ()
+    grid_ratios: tuple[float, ...] = ()
     yolo_anchors: tuple[tuple[float, float], ...] = ()
     spp: bool = False
 

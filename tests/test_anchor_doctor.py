@@ -156,7 +156,8 @@ def test_fixed_anchors_measure_as_the_same_anchors_given_by_settings(scenes):
 
 
 @pytest.mark.parametrize(
-    ("name", "setting"), [("yolov3", "model.yolo_anchors=[["), ("toyssd", "model.ssd_scales=["), ("ssd_grid", None)]
+    ("name", "setting"),
+    [("yolov3", "model.yolo_anchors=[["), ("toyssd", "model.ssd_scales=["), ("ssd_grid", "model.grid_zooms=[")],
 )
 def test_the_cli_checks_and_fits_the_ssd_family_and_yolo(digits, tmp_path, name, setting):
     import json
@@ -173,9 +174,6 @@ def test_the_cli_checks_and_fits_the_ssd_family_and_yolo(digits, tmp_path, name,
     data, _ = load_dataset(digits, "train")
     boxes = sum(len(r.boxes) for r in data.records)
     assert report["current"]["rows"][-1]["count"] == boxes and f"{name} anchors at 128x128" in result.output
-    if setting is None:
-        assert report["suggested"] is None and "no settings to fit" in result.output
-        return
     current, fitted = report["current"]["rows"][-1], report["suggested"]["rows"][-1]
     assert report["suggested"]["overrides"].startswith(setting)
     assert fitted["iou>=0.5"] >= current["iou>=0.5"], result.output
@@ -199,3 +197,68 @@ def test_the_cli_reports_a_one_threshold_matcher_at_its_threshold_and_at_0_5(dig
     expected = anchor_coverage(data, course, (256, 256), pos_iou=0.15, neg_iou=0.5)
     got = json.loads((out / "anchors.json").read_text())["current"]["rows"]
     assert got == expected.rows and 0 < expected.rows[-1]["iou>=0.5"] < expected.rows[-1]["iou>=0.15"]
+
+
+def _tall_scenes(tmp_path, side: int = 256) -> DetectionSet:
+    """Boxes 10x25 px (h / w 2.5, 0.39 of a 4x4 grid's 64 px cell) centred on the 4x4 grid's cells."""
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(4):
+        path = tmp_path / f"{i}.jpg"
+        write_image(path, np.zeros((side, side, 3), dtype=np.uint8))
+        centres = (rng.integers(0, 4, (8, 2)) + 0.5) * side / 4
+        boxes = np.concatenate([centres - np.array([5.0, 12.5]), centres + np.array([5.0, 12.5])], axis=1)
+        records.append(Record(path, side, side, boxes, np.zeros(8, dtype=np.int64)))
+    return DetectionSet(records, ["digit"])
+
+
+def test_grid_shapes_are_fitted_to_the_boxes_and_cover_them_better(tmp_path):
+    """Every box 10x25 px on a cell centre: the fitted ratios are 2.5 (h / w) and the smallest
+    zoom 25 / 64 of the 4x4 grid's cells; those anchors reach IoU 0.5 for every box, the
+    course's (their tall anchor of zoom 0.7 is 18x45 px: IoU 0.31) for none."""
+    from multibox.anchor_doctor import fit_grid_shapes
+    from multibox.anchors import grid_anchors, grid_ratios
+
+    data = _tall_scenes(tmp_path)
+
+    def anchors_for(zooms, ratios):
+        return grid_anchors((4, 2, 1), zooms, grid_ratios(ratios)) * 256
+
+    def coverage(zooms, ratios):
+        return anchor_coverage(data, FixedAnchors(anchors_for(zooms, ratios), (256, 256), ""), (256, 256)).matched
+
+    zooms, ratios = fit_grid_shapes(data, anchors_for, (4, 2, 1), (0.7, 1.0, 1.3), (1.0, 2.0, 0.5), (256, 256))
+    assert ratios == (2.5, 2.5, 2.5)  # one distinct shape: every centre on it
+    assert zooms[0] == pytest.approx(25 / 64, abs=0.005) and list(zooms) == sorted(set(zooms))
+    assert coverage(zooms, ratios) == 1.0 and coverage((0.7, 1.0, 1.3), (1.0, 2.0, 0.5)) == 0.0
+
+
+def test_grid_ratios_are_the_courses_height_width_pairs():
+    from multibox.anchors import grid_anchors, grid_ratios
+
+    assert grid_ratios([1, 2, 0.5]) == ((1.0, 1.0), (1.0, 0.5), (0.5, 1.0))  # the course's three
+    tall = grid_anchors((1,), (0.5,), grid_ratios([2.5]))[0]
+    assert torch.allclose(tall[2:] - tall[:2], torch.tensor([0.2, 0.5]))  # longer side: the zoomed cell
+    for bad in ([], [0.0], [-1.0], [float("nan")]):
+        with pytest.raises(ValueError, match="must be positive numbers"):
+            grid_ratios(bad)
+
+
+def test_model_grid_shapes_build_the_grid_ssd_they_name():
+    """``model.grid_zooms`` / ``model.grid_ratios`` reach GridSSD's anchors and its box coder; empty: the course's."""
+    from multibox.anchors import grid_anchors, grid_ratios
+    from multibox.config import load_config
+    from multibox.engine.train import build_model
+
+    def model(*overrides):
+        config = load_config("ssd_multihead", list(overrides)).model
+        return build_model(config, 3, pretrained="none", image_size=(256, 256))
+
+    course = model()
+    assert torch.equal(course.anchors(), grid_anchors((4, 2, 1)) * 256)
+    shaped = model("model.grid_zooms=[0.5, 1.0]", "model.grid_ratios=[1.0, 2.5]")
+    expected = grid_anchors((4, 2, 1), (0.5, 1.0), grid_ratios([1.0, 2.5])) * 256
+    assert torch.equal(shaped.anchors(), expected) and len(shaped.coder.cell_sizes) == len(expected) == 21 * 4
+    assert shaped.outs[0].k == 4
+    with pytest.raises(ValueError, match="zooms must be positive"):
+        model("model.grid_zooms=[0.0, 1.0]")

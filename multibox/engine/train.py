@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler
 
+from ..anchors import grid_ratios
 from ..config import Config, ModelConfig
 from ..criterion import RetinaNetCriterion, SingleObjectCriterion, SSDCriterion, YOLOCriterion
 from ..data import DetectionSet, load_dataset
@@ -81,6 +82,10 @@ def _network(config: ModelConfig, num_classes: int, pretrained: str | None, imag
         )
     if config.kind in ("ssd_grid", "ssd_multihead"):
         shapes = {"grids": 1, "zooms": (1.0,), "ratios": ((1.0, 1.0),)} if config.kind == "ssd_grid" else {}
+        if config.grid_zooms:
+            shapes["zooms"] = tuple(config.grid_zooms)
+        if config.grid_ratios:
+            shapes["ratios"] = grid_ratios(config.grid_ratios)
         return GridSSD(num_classes, image_size, **shapes, **backbone, channels=config.hidden, dropout=config.dropout)
     if config.kind == "toyssd":
         return ToySSD(num_classes, image_size, config.ssd_scales)

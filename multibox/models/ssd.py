@@ -180,6 +180,8 @@ class GridSSD(_FixedSizeDetector):
         side = _square_side(image_size, "GridSSD")
         if grids < 1:
             raise ValueError(f"grids must be at least 1, got {grids}")
+        if not zooms or not all(z > 0 for z in zooms):
+            raise ValueError(f"zooms must be positive numbers, got {list(zooms)}")
         self.image_size, self.num_classes = (side, side), num_classes
         k = len(zooms) * len(ratios)
         # named as RetinaNet's (backbone.body.*), so that train.backbone_lr_mult applies to it
@@ -199,6 +201,7 @@ class GridSSD(_FixedSizeDetector):
         if sizes[-1] < 1 or len(set(sizes)) != len(sizes):
             raise ValueError(f"a {side}x{side} input gives grids {sizes}: too small for {grids} grids")
         self.grids = tuple(sizes)
+        self.zooms, self.ratios = tuple(zooms), tuple(ratios)
         self._anchors = grid_anchors(self.grids, zooms, ratios) * side
         self.coder = TanhCoder(grid_cell_sizes(self.grids, k) * side)
         self._level_sizes = [g * g * k for g in self.grids]
