@@ -264,3 +264,19 @@ def test_one_class_toy_ssd_trains_evaluates_and_predicts_through_the_cli(digits,
     assert result.exit_code == 0, result.output
     found = json.loads((tmp_path / "p" / "predictions.json").read_text())
     assert found and {d["category_id"] for d in found} == {1}
+
+
+def test_grid_shapes_train_and_come_back_with_the_checkpoint(digits, tmp_path):
+    """A grid SSD trained with ``model.grid_zooms`` / ``model.grid_ratios`` is rebuilt by
+    ``multibox.load`` with the same anchors (the checkpoint's config carries the shapes)."""
+    from multibox import load
+    from multibox.anchors import grid_anchors, grid_ratios
+    from multibox.engine.train import train
+
+    overrides = [f"data.path={digits}", f"output={tmp_path}", "model.pretrained=none", "train.batch_size=4",
+                 "train.epochs=1", "train.max_steps=2", "model.grid_zooms=[0.5, 0.9]",
+                 "model.grid_ratios=[1.0, 2.5]"]  # fmt: skip
+    train(load_config("ssd_grid", overrides), progress=False)
+    detector = load(tmp_path / "last.pt")
+    expected = grid_anchors((4,), (0.5, 0.9), grid_ratios([1.0, 2.5])) * 256
+    assert torch.equal(detector.model.anchors(), expected) and detector.model.outs[0].k == 4
