@@ -54,10 +54,11 @@ class ModelConfig:
     :class:`multibox.models.GridSSD`: backbone settings, ``hidden`` as the head's width,
     ``dropout``, and the anchors of each cell: ``grid_zooms``, their longer side in cells, and
     ``grid_ratios``, their height / width; empty: the course's, 0.7, 1, 1.3 and 1, 2, 0.5 for
-    ``ssd_multihead``, 1 and 1 for ``ssd_grid``), ``toyssd`` (:class:`multibox.models.ToySSD`, no settings), ``ssd300``,
-    ``ssdlite`` (:class:`multibox.models.MobileNetSSD`: backbone settings). The ``anchor_*``
-    settings are RetinaNet's; the SSD family's anchors follow from the input size and, for
-    ``toyssd``, ``ssd300`` and ``ssdlite``, from ``ssd_scales`` (empty: the paper's). ``yolov3``
+    ``ssd_multihead``, 1 and 1 for ``ssd_grid``), ``toyssd`` (:class:`multibox.models.ToySSD`,
+    no settings), ``ssd300``, ``ssdlite`` (:class:`multibox.models.MobileNetSSD`: backbone
+    settings). The ``anchor_*`` settings are RetinaNet's; the SSD family's anchors follow from
+    the input size and, for ``toyssd``, ``ssd300`` and ``ssdlite``, from ``ssd_scales`` (empty:
+    the paper's). ``yolov3``
     (:class:`multibox.models.YOLOv3`): backbone settings, ``fpn_channels`` as the neck's width at
     stride 8, ``spp``, and ``yolo_anchors``, nine ``[w, h]`` in input pixels (empty: fitted to the
     training boxes by k-means when training starts, then saved with the run)."""
