@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 from _timing import machine
-from time_to_accuracy import torchvision_model
+from time_to_accuracy import first_trained, torchvision_model, torchvision_step
 from torch import nn
 from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops import FeaturePyramidNetwork
@@ -57,11 +57,6 @@ def plain_design(config, num_classes: int) -> nn.Module:
     return model
 
 
-def first_trained(model) -> int:
-    """The first MobileNetV2 block a ``ModelConfig`` trains (its stages end at blocks 2, 4, 7, 14, 18)."""
-    return max((18, 14, 7, 4, 2, 0)[model.trainable_stages], model.frozen_blocks)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="data/demo-digits")
@@ -84,20 +79,11 @@ def main() -> None:
     if args.plain_from is not None:
         plain.model.trainable_stages, plain.model.frozen_blocks = 5, args.plain_from
     peer = plain_design(plain, len(ours.train_data.class_names))
-    blocks = list(peer.backbone.body.values())
-    first = next(i for i, block in enumerate(blocks) if any(p.requires_grad for p in block.parameters()))
-    print(f"MobileNetV2 blocks trained: multibox {first_trained(config.model)}-17, the plain design {first}-17")
-    peer_optimizer = build_optimizer(config.train, peer)
+    print(f"MobileNetV2 blocks trained: multibox {first_trained(config.model)}-17, the plain design "
+          f"{first_trained(plain.model)}-17")  # fmt: skip
+    their_step = torchvision_step(peer, build_optimizer(config.train, peer), config.train.clip_grad)
     ours.model.train()
     peer.train()
-
-    def their_step(images, targets):
-        losses = peer(list(images), [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets])
-        peer_optimizer.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
-        torch.nn.utils.clip_grad_norm_(peer.parameters(), config.train.clip_grad)
-        peer_optimizer.step()
-
     steps = {"multibox": lambda i, t: ours.step(ours.losses(i, t)), "plain design": their_step}
     times: dict[str, list[float]] = {name: [] for name in steps}
     batches = iter(ours.loader(0))

@@ -57,11 +57,28 @@ class MobileNetFPN(nn.Module):
         return self.fpn(self.body(x))
 
 
+def first_trained(model) -> int:
+    """The first MobileNetV2 block a ``ModelConfig`` trains: its ``trainable_stages`` (stages end
+    at blocks 2, 4, 7, 14, 18) and the ``frozen_blocks`` frozen on top of them."""
+    return max((18, 14, 7, 4, 2, 0)[model.trainable_stages], model.frozen_blocks)
+
+
+def torchvision_step(model: nn.Module, optimizer, clip_grad: float):
+    """One training step of a torchvision detector on a batch of the shared pipeline, as a function."""
+
+    def step(images, targets) -> None:
+        losses = model(list(images), [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets])
+        optimizer.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+        optimizer.step()
+
+    return step
+
+
 def torchvision_model(config, num_classes: int) -> TorchvisionRetinaNet:
     m, t = config.model, config.train
-    # the same trainable blocks as multibox's trainable_stages (stages end at 2, 4, 7, 14, 18)
-    # and frozen_blocks (blocks frozen on top of the stages)
-    trainable_from = max((18, 14, 7, 4, 2, 0)[m.trainable_stages], m.frozen_blocks)
+    trainable_from = first_trained(m)  # the same trainable blocks as multibox's
     sizes = tuple(tuple(s * k for k in m.anchor_scales) for s in m.anchor_sizes)
     anchors = AnchorGenerator(sizes, (tuple(m.anchor_ratios),) * len(sizes))
     side = t.image_size[0]
@@ -169,13 +186,7 @@ def main() -> None:
         collate_fn=detection_collate,
     )
 
-    def their_step(images, targets):
-        losses = peer(list(images), [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets])
-        theirs.optimizer.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
-        torch.nn.utils.clip_grad_norm_(peer.parameters(), config.train.clip_grad)
-        theirs.optimizer.step()
-
+    their_step = torchvision_step(peer, theirs.optimizer, config.train.clip_grad)
     peer.train()
     reference = train_for(
         "torchvision", theirs, their_step, lambda: torchvision_ap(peer, val, val_loader), budget, args.evals

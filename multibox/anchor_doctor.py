@@ -209,6 +209,18 @@ def _match_quality(groups: dict, anchors: AnchorConfig | FixedAnchors, pos_iou: 
     return torch.cat(best_iou), torch.cat(best_anchor), torch.cat(positives)
 
 
+def _box_sizes(groups: dict) -> Tensor:
+    """Widths and heights ``[n, 2]`` of the boxes of ``groups`` (see :func:`_input_boxes`), empty ones left out."""
+    boxes = torch.cat([b for b, _ in groups.values()])
+    wh = boxes[:, 2:] - boxes[:, :2]
+    return wh[(wh > 0).all(dim=1)]
+
+
+def _covered(groups: dict, anchors: AnchorConfig | FixedAnchors, pos_iou: float) -> float:
+    """Share of the boxes of ``groups`` whose best anchor reaches ``pos_iou``: what the fits maximise."""
+    return float((_match_quality(groups, anchors, pos_iou)[0] >= pos_iou).float().mean())
+
+
 def _check(pos_iou: float, neg_iou: float, groups: dict) -> None:
     if not (0 < pos_iou <= 1 and 0 < neg_iou <= 1):
         raise ValueError(f"IoU thresholds must be in (0, 1], got pos_iou {pos_iou} and neg_iou {neg_iou}")
@@ -293,9 +305,7 @@ def suggest_anchors(
     """
     groups = _input_boxes(data, image_size, resize)
     _check(pos_iou, pos_iou, groups)
-    boxes = torch.cat([b for b, _ in groups.values()])
-    wh = boxes[:, 2:] - boxes[:, :2]
-    wh = wh[(wh > 0).all(dim=1)]
+    wh = _box_sizes(groups)
     levels = len(anchors.strides)
     if len(wh) < max(levels, len(anchors.ratios)):
         raise ValueError(f"need at least {max(levels, len(anchors.ratios))} boxes to fit anchors, got {len(wh)}")
@@ -310,7 +320,7 @@ def suggest_anchors(
         candidate = AnchorConfig(
             tuple(anchors.strides), tuple(round(s, 1) for s in sizes), tuple(anchors.scales), ratios
         )
-        score = float((_match_quality(subset, candidate, pos_iou)[0] >= pos_iou).float().mean())
+        score = _covered(subset, candidate, pos_iou)
         if score > best_score:
             best, best_score = candidate, score
     return best
@@ -324,9 +334,7 @@ def fit_yolo_anchors(
     groups = _input_boxes(data, image_size, resize)
     if not groups:
         raise ValueError("the dataset has no boxes to fit anchors to; give model.yolo_anchors")
-    boxes = torch.cat([b for b, _ in groups.values()])
-    wh = boxes[:, 2:] - boxes[:, :2]
-    wh = wh[(wh > 0).all(dim=1)]
+    wh = _box_sizes(groups)
     if len(wh) < k:
         raise ValueError(f"{len(wh)} boxes are too few to fit {k} anchors; give model.yolo_anchors")
     shapes = kmeans_anchors(wh, k, seed=seed)
@@ -354,9 +362,7 @@ def fit_ssd_scales(
     """
     groups = _input_boxes(data, image_size, resize)
     _check(pos_iou, pos_iou, groups)
-    boxes = torch.cat([b for b, _ in groups.values()])
-    wh = boxes[:, 2:] - boxes[:, :2]
-    wh = wh[(wh > 0).all(dim=1)]
+    wh = _box_sizes(groups)
     if len(wh) < levels:
         raise ValueError(f"need at least {levels} boxes to fit {levels} scales, got {len(wh)}")
     side = math.sqrt(float(image_size[0]) * float(image_size[1]))
@@ -371,7 +377,7 @@ def fit_ssd_scales(
         scales = fitted + [fitted[-1] * 2.0 ** (i + 1) for i in range(levels + 1 - active)]
         scales = tuple(round(v, 3) for v in scales)
         fixed = FixedAnchors(anchors_for(scales), size, "")
-        score = float((_match_quality(subset, fixed, pos_iou)[0] >= pos_iou).float().mean())
+        score = _covered(subset, fixed, pos_iou)
         if score > best_score:
             best, best_score = scales, score
     return best
@@ -401,9 +407,7 @@ def fit_grid_shapes(
     """
     groups = _input_boxes(data, image_size, resize)
     _check(pos_iou, pos_iou, groups)
-    boxes = torch.cat([b for b, _ in groups.values()])
-    wh = boxes[:, 2:] - boxes[:, :2]
-    wh = wh[(wh > 0).all(dim=1)]
+    wh = _box_sizes(groups)
     if len(wh) < max(len(zooms), len(ratios)):
         raise ValueError(f"need at least {max(len(zooms), len(ratios))} boxes to fit anchor shapes, got {len(wh)}")
     fitted_ratios = _kmeans_1d(torch.log(wh[:, 1] / wh[:, 0]), len(ratios)).exp()
@@ -421,7 +425,7 @@ def fit_grid_shapes(
     best, best_score = None, -1.0
     for candidate in ((tuple(zooms), ratios_out), (tuple(zooms_out), ratios_out)):
         fixed = FixedAnchors(anchors_for(*candidate), size, "")
-        score = float((_match_quality(subset, fixed, pos_iou)[0] >= pos_iou).float().mean())
+        score = _covered(subset, fixed, pos_iou)
         if score > best_score:
             best, best_score = candidate, score
     return best
