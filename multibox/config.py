@@ -121,6 +121,7 @@ class TrainConfig:
     focal_gamma: float = 2.0
     pos_iou: float = 0.5
     neg_iou: float = 0.4
+    soft_targets: bool = False
     score_thresh: float = 0.05
     topk: int = 1000
     nms_iou: float = 0.5
@@ -266,10 +267,15 @@ def _ssd_preset(kind: str, image_size: int, model: dict | None = None, **train) 
 # keep the head's BatchNorm statistics steady on the 2x2 and 1x1 grids
 _GRID = {"batch_size": 32, "lr": 0.003, "warmup_steps": 30, "pos_iou": 0.4, "box_loss": "l1_boxes"}
 PRESETS["ssd_grid"] = _ssd_preset("ssd_grid", 256, {"hidden": 256, "dropout": 0.1}, cls_loss="bce", **_GRID)
-# 4x4, 2x2 and 1x1 grids, 3 zooms x 3 ratios per cell; BCE (train.cls_loss=focal is the option); a
-# match threshold of 0.15, as the digits are far smaller than the anchors (configs/ssd_multihead.yaml)
+# 4x4, 2x2 and 1x1 grids, 3 zooms x 3 ratios per cell at the course's 224x224; BCE (train.cls_loss=focal
+# is the option) against soft targets; a match threshold of 0.15, as the digits are far smaller than
+# the anchors; 5 epochs (configs/ssd_multihead.yaml)
 PRESETS["ssd_multihead"] = _ssd_preset(
-    "ssd_multihead", 256, {"hidden": 256, "dropout": 0.1}, cls_loss="bce", **{**_GRID, "pos_iou": 0.15}
+    "ssd_multihead",
+    224,
+    {"hidden": 256, "dropout": 0.1},
+    cls_loss="bce",
+    **{**_GRID, "pos_iou": 0.15, "soft_targets": True, "epochs": 5},
 )
 
 # d2l.ai's toy SSD, from scratch, on the scenes with every digit one class "digit" (as the

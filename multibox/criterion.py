@@ -21,9 +21,19 @@ from .losses import (
     positive_normalizer,
     sigmoid_focal_loss_dense,
     smooth_l1_loss,
+    soft_target_bce,
     softmax_focal_loss,
 )
-from .matching import NEGATIVE, YOLO_RULES, batch_iou, match_boxes, match_ssd, match_yolo, pad_batch
+from .matching import (
+    NEGATIVE,
+    YOLO_RULES,
+    batch_iou,
+    match_boxes,
+    match_ssd,
+    match_yolo,
+    pad_batch,
+    relative_iou,
+)
 from .postprocess import Coder
 from .structures import DenseOutput
 
@@ -207,6 +217,12 @@ class SSDCriterion:
     * ``"softmax_focal"``: the softmax focal loss (``gamma``) over every anchor (the d2l.ai
       toy SSD's exercise).
 
+    With ``soft_targets`` (``"bce"`` only), a positive's target in its class column is its
+    anchor's IoU with its box divided by the box's best anchor IoU, instead of 1: the box's own
+    best anchor still learns 1, an anchor half as well placed learns 0.5. Where many loosely
+    overlapping anchors are positives (a low ``iou_threshold``), the class score then ranks the
+    well-placed ones first, so that NMS keeps their boxes.
+
     Box losses (``box_loss``) on positive anchors: ``"l1"`` or ``"smooth_l1"`` on the coder's
     deltas; ``"l1_boxes"`` on the decoded corners in units of the anchor's width and height
     (the course's L1 on ``actn_to_bb`` boxes, for the bounded :class:`~multibox.coding.TanhCoder`,
@@ -221,6 +237,7 @@ class SSDCriterion:
         neg_pos_ratio: negatives kept per positive by ``"softmax"``.
         box_weight: weight of the box loss in ``total``.
         smooth_l1_beta: smooth L1 switch point.
+        soft_targets: positives' class targets relative to their box's best anchor IoU (see above).
     """
 
     coder: Coder
@@ -232,10 +249,13 @@ class SSDCriterion:
     neg_pos_ratio: float = 3.0
     box_weight: float = 1.0
     smooth_l1_beta: float = 1.0
+    soft_targets: bool = False
 
     def __post_init__(self) -> None:
         if self.cls_loss not in CLS_LOSSES:
             raise ValueError(f"cls_loss must be one of {CLS_LOSSES}, got {self.cls_loss!r}")
+        if self.soft_targets and self.cls_loss != "bce":
+            raise ValueError(f"soft_targets needs cls_loss='bce', got {self.cls_loss!r}")
         if self.box_loss not in _SSD_BOX_LOSSES:
             raise ValueError(f"box_loss must be one of {_SSD_BOX_LOSSES}, got {self.box_loss!r}")
         if not 0 < self.iou_threshold <= 1:
@@ -244,12 +264,18 @@ class SSDCriterion:
     def match(self, anchors: Tensor, targets: Sequence[dict[str, Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
         """Per anchor: matched box index or NEGATIVE ``[B, A]``, its column (0 background, class + 1)
         ``[B, A]``, and the padded boxes ``[B, G, 4]``."""
+        matched, columns, boxes, _ = self._match(anchors, targets)
+        return matched, columns, boxes
+
+    def _match(self, anchors: Tensor, targets: Sequence[dict[str, Tensor]]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """:meth:`match`, and the IoU ``[B, G, A]`` it matched on."""
         boxes, _ = pad_batch([t["boxes"] for t in targets])
         classes, _ = pad_batch([t["labels"] for t in targets])
-        matched = match_ssd(batch_iou([t["boxes"] for t in targets], anchors), self.iou_threshold)
+        iou = batch_iou([t["boxes"] for t in targets], anchors)
+        matched = match_ssd(iou, self.iou_threshold)
         positive = matched >= 0
         columns = torch.where(positive, classes.gather(1, matched.clamp(min=0)) + 1, 0)
-        return matched, columns, boxes
+        return matched, columns, boxes, iou
 
     def __call__(
         self, outputs: DenseOutput | tuple[Tensor, Tensor], anchors: Tensor, targets: Sequence[dict[str, Tensor]]
@@ -258,10 +284,14 @@ class SSDCriterion:
         cls_logits, box_deltas = outputs
         if len(targets) != cls_logits.shape[0]:
             raise ValueError(f"got {len(targets)} targets for a batch of {cls_logits.shape[0]} images")
-        matched, columns, boxes = self.match(anchors, targets)
+        matched, columns, boxes, iou = self._match(anchors, targets)
         positive = matched >= 0
         norm = positive_normalizer(positive.sum(), across_processes=True).to(cls_logits)
-        cls = self._cls_loss(cls_logits, columns, positive) / norm
+        if self.soft_targets:
+            cls = soft_target_bce(cls_logits[..., 1:], columns - 1, relative_iou(iou, matched))
+        else:
+            cls = self._cls_loss(cls_logits, columns, positive)
+        cls = cls / norm
 
         image, anchor = positive.nonzero(as_tuple=True)  # [P]
         matched_boxes = boxes[image, matched[image, anchor]]  # [P, 4]

@@ -22,6 +22,7 @@ __all__ = [
     "sigmoid_focal_loss",
     "sigmoid_focal_loss_dense",
     "smooth_l1_loss",
+    "soft_target_bce",
     "softmax_focal_loss",
 ]
 
@@ -274,3 +275,13 @@ def hard_negative_mining(loss: Tensor, labels: Tensor, neg_pos_ratio: float = 3.
         -1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order)
     )
     return positive | (negative & (rank < quota))
+
+
+def soft_target_bce(logits: Tensor, labels: Tensor, targets: Tensor) -> Tensor:
+    """Binary cross-entropy, summed, of ``[B, A, K]`` logits against targets that are 0 except
+    in each positive anchor's class column (``labels`` ``[B, A]``, negative for none), where they
+    are ``targets`` ``[B, A]``."""
+    dense = torch.zeros_like(logits)
+    image, anchor = (labels >= 0).nonzero(as_tuple=True)
+    dense[image, anchor, labels[image, anchor]] = targets[image, anchor].to(dense)
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits, dense, reduction="sum")

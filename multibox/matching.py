@@ -27,6 +27,7 @@ __all__ = [
     "match_ssd",
     "match_yolo",
     "pad_batch",
+    "relative_iou",
 ]
 
 NEGATIVE = -1
@@ -246,6 +247,22 @@ def match_ssd(iou: Tensor, threshold: float = 0.5) -> Tensor:
     forced = torch.full_like(matches, NEGATIVE)
     forced.scatter_reduce_(-1, best_anchor, box_index, reduce="amax")
     return torch.where(forced >= 0, forced, matches)
+
+
+def relative_iou(iou: Tensor, matched: Tensor) -> Tensor:
+    """``[B, A]``: each positive anchor's IoU with its matched box over that box's best anchor
+    IoU (1 for the box's best anchor), 0 for the others.
+
+    Args:
+        iou: ``[B, G, A]`` box-anchor IoU, as :func:`~multibox.matching.batch_iou`.
+        matched: ``[B, A]`` box index per anchor or a negative value, as
+            :func:`~multibox.matching.match_ssd`.
+    """
+    image, anchor = (matched >= 0).nonzero(as_tuple=True)
+    box = matched[image, anchor]
+    relative = torch.zeros(matched.shape, dtype=iou.dtype, device=iou.device)
+    relative[image, anchor] = iou[image, box, anchor] / iou.amax(dim=-1)[image, box]
+    return relative
 
 
 YOLO_RULES = ("best", "ratio")

@@ -14,7 +14,7 @@ from multibox.config import load_config
 from multibox.criterion import SSDCriterion
 from multibox.data.records import DetectionSet, Record
 from multibox.engine.train import Trainer, build_criterion, build_model
-from multibox.matching import NEGATIVE
+from multibox.matching import NEGATIVE, batch_iou, match_ssd, relative_iou
 from multibox.models import SSD_KINDS, GridSSD, MobileNetSSD, ToySSD
 from multibox.structures import DenseOutput
 
@@ -173,6 +173,56 @@ def test_bce_leaves_the_background_column_out():
     assert losses["box"].item() == pytest.approx(0.1, rel=1e-6)
     focal = SSDCriterion(crit.coder, cls_loss="focal", box_loss="l1_boxes", gamma=0.0, alpha=0.5)
     assert focal(DenseOutput(logits, deltas), _ANCHORS, _one_box(1))["cls"].item() == pytest.approx(expected / 2)
+
+
+def test_soft_targets_scale_each_positive_by_its_anchor_iou_over_the_best():
+    # the box (0, 0, 10, 9): IoU 0.9 with anchor 0 (its best) and 20 / 170 with anchor 3
+    anchors, box = _ANCHORS, torch.tensor([[0.0, 0.0, 10.0, 9.0]])
+    iou3 = 20 / 170
+    matched = match_ssd(batch_iou([box], anchors), 0.1)
+    assert matched.tolist() == [[0, NEGATIVE, NEGATIVE, 0]]
+    relative = relative_iou(batch_iou([box], anchors), matched)
+    assert relative[0].tolist() == pytest.approx([1.0, 0.0, 0.0, iou3 / 0.9])
+
+    torch.manual_seed(3)
+    logits, deltas = torch.randn(1, 4, 3), torch.zeros(1, 4, 4)
+
+    def bce(x, y):
+        p = 1 / (1 + math.exp(-x))
+        return -(y * math.log(p) + (1 - y) * math.log(1 - p))
+
+    def expected(target_of_anchor3):
+        targets = {(0, 1): 1.0, (3, 1): target_of_anchor3}  # class 1: column 2, foreground column 1
+        rows = logits[0, :, 1:].tolist()
+        total = sum(bce(x, targets.get((a, c), 0.0)) for a, row in enumerate(rows) for c, x in enumerate(row))
+        return total / 2  # two positives
+
+    coder = TanhCoder(torch.full((4,), 10.0))
+    soft = SSDCriterion(coder, iou_threshold=0.1, cls_loss="bce", box_loss="l1_boxes", soft_targets=True)
+    hard = SSDCriterion(coder, iou_threshold=0.1, cls_loss="bce", box_loss="l1_boxes")
+    output = DenseOutput(logits, deltas)
+    assert soft(output, anchors, _one_box(1))["cls"].item() == pytest.approx(expected(iou3 / 0.9), rel=1e-6)
+    assert hard(output, anchors, _one_box(1))["cls"].item() == pytest.approx(expected(1.0), rel=1e-6)
+    assert soft(output, anchors, _one_box(1))["box"].item() == hard(output, anchors, _one_box(1))["box"].item()
+    with pytest.raises(ValueError, match="soft_targets needs cls_loss='bce'"):
+        SSDCriterion(coder, cls_loss="focal", soft_targets=True)
+
+
+def test_relative_iou_per_box_and_image_with_padding():
+    anchors = torch.tensor(
+        [[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 5.0], [20.0, 20.0, 30.0, 30.0], [20.0, 20.0, 25.0, 30.0]]
+    )
+    boxes = [torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 28.0]]), torch.zeros(0, 4)]
+    iou = batch_iou(boxes, anchors)
+    matched = match_ssd(iou, 0.3)
+    # box 0: anchors 0 (IoU 1) and 1 (0.5); box 1: anchors 2 (0.8, its best) and 3 (40 / 90)
+    assert matched.tolist() == [[0, 0, 1, 1], [NEGATIVE] * 4]
+    relative = relative_iou(iou, matched)
+    assert relative[0].tolist() == pytest.approx([1.0, 0.5, 1.0, (40 / 90) / 0.8])
+    assert relative[1].tolist() == [0.0] * 4
+    # batched == per image
+    alone = relative_iou(batch_iou(boxes[:1], anchors), match_ssd(batch_iou(boxes[:1], anchors), 0.3))
+    assert torch.equal(alone[0], relative[0])
 
 
 def test_hard_negative_mining_keeps_three_negatives_per_positive():

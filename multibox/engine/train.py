@@ -231,8 +231,9 @@ def build_criterion(config: Config, model: nn.Module):
         fits = "bce or focal" if sigmoid else "softmax or softmax_focal"
         raise ValueError(f"{kind} has a {model.activation} head: train.cls_loss must be {fits}, not {t.cls_loss!r}")
     return SSDCriterion(
-        model.coder, t.pos_iou, t.cls_loss, t.box_loss, t.focal_alpha, t.focal_gamma, t.neg_pos_ratio, t.box_weight
-    )
+        model.coder, t.pos_iou, t.cls_loss, t.box_loss, t.focal_alpha, t.focal_gamma, t.neg_pos_ratio, t.box_weight,
+        soft_targets=t.soft_targets,
+    )  # fmt: skip
 
 
 def detect_settings(config) -> dict:
