@@ -206,6 +206,9 @@ def test_soft_targets_scale_each_positive_by_its_anchor_iou_over_the_best():
     assert soft(output, anchors, _one_box(1))["box"].item() == hard(output, anchors, _one_box(1))["box"].item()
     with pytest.raises(ValueError, match="soft_targets needs cls_loss='bce'"):
         SSDCriterion(coder, cls_loss="focal", soft_targets=True)
+    config = load_config("retinanet_r50_fpn", ["model.pretrained=none", "train.soft_targets=true"])
+    with pytest.raises(ValueError, match=r"train\.soft_targets is for the SSD family's bce class loss; retinanet"):
+        build_criterion(config, torch.nn.Module())
 
 
 def test_relative_iou_per_box_and_image_with_padding():

@@ -212,6 +212,8 @@ def build_criterion(config: Config, model: nn.Module):
     """The training loss of ``config.model.kind``: ``criterion(output, anchors, targets)`` for the
     detectors with anchors, ``criterion(output, targets)`` for the single-object steps."""
     t, kind = config.train, config.model.kind
+    if t.soft_targets and kind not in SSD_KINDS:
+        raise ValueError(f"train.soft_targets is for the SSD family's bce class loss; {kind} has no such option")
     if kind in SINGLE_TASKS:
         return SingleObjectCriterion(kind, t.cls_weight)
     if kind == "retinanet":
