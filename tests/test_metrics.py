@@ -111,3 +111,24 @@ def test_voc_map_class_without_ground_truth_is_nan():
     detections = [{"boxes": np.array([[0, 0, 10, 10]], float), "scores": np.array([1.0]), "labels": np.array([0])}]
     result = voc_map(detections, targets, num_classes=2)
     assert result["AP"][0] == 1.0 and np.isnan(result["AP"][1]) and result["mAP"] == 1.0
+
+
+def test_the_error_breakdown_of_bench_detection_errors():
+    """bench/detection_errors.py's kinds, best detection first, on a hand-made case."""
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+    from torchvision.ops import box_iou
+
+    spec = importlib.util.spec_from_file_location(
+        "detection_errors", Path(__file__).parents[1] / "bench" / "detection_errors.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    objects, labels = torch.tensor([[0.0, 0, 10, 10], [20.0, 20, 30, 30]]), torch.tensor([0, 1])
+    found = torch.tensor([[0.0, 0, 10, 10], [0.0, 0, 10, 9], [20.0, 20, 30, 30], [0.0, 0, 10, 3], [50.0, 50, 60, 60]])
+    iou = box_iou(objects, found)  # right; IoU 0.9 with the same object; right place, class 0 for 1; IoU 0.3; nothing
+    right_class = labels[:, None] == torch.zeros(5, dtype=torch.long)[None, :]
+    assert module.kinds(iou, right_class) == ["right", "duplicate", "wrong class", "loose", "background"]
+    assert module.kinds(box_iou(torch.zeros(0, 4), found), right_class[:0]) == ["background"] * 5
