@@ -54,7 +54,8 @@ class ModelConfig:
     :class:`multibox.models.GridSSD`: backbone settings, ``hidden`` as the head's width,
     ``dropout``, and the anchors of each cell: ``grid_zooms``, their longer side in cells, and
     ``grid_ratios``, their height / width; empty: the course's, 0.7, 1, 1.3 and 1, 2, 0.5 for
-    ``ssd_multihead``, 1 and 1 for ``ssd_grid``), ``toyssd`` (:class:`multibox.models.ToySSD`,
+    ``ssd_multihead``, 1 and 1 for ``ssd_grid``; and ``grid_from``, what the head reads: ``c5``,
+    the course's, or ``p4``, C5 merged into C4 at stride 16), ``toyssd`` (:class:`multibox.models.ToySSD`,
     no settings), ``ssd300``, ``ssdlite`` (:class:`multibox.models.MobileNetSSD`: backbone
     settings). The ``anchor_*`` settings are RetinaNet's; the SSD family's anchors follow from
     the input size and, for ``toyssd``, ``ssd300`` and ``ssdlite``, from ``ssd_scales`` (empty:
@@ -85,6 +86,7 @@ class ModelConfig:
     ssd_scales: tuple[float, ...] = ()
     grid_zooms: tuple[float, ...] = ()
     grid_ratios: tuple[float, ...] = ()
+    grid_from: str = "c5"
     yolo_anchors: tuple[tuple[float, float], ...] = ()
     spp: bool = False
 
@@ -267,13 +269,13 @@ def _ssd_preset(kind: str, image_size: int, model: dict | None = None, **train) 
 # keep the head's BatchNorm statistics steady on the 2x2 and 1x1 grids
 _GRID = {"batch_size": 32, "lr": 0.003, "warmup_steps": 30, "pos_iou": 0.4, "box_loss": "l1_boxes"}
 PRESETS["ssd_grid"] = _ssd_preset("ssd_grid", 256, {"hidden": 256, "dropout": 0.1}, cls_loss="bce", **_GRID)
-# 4x4, 2x2 and 1x1 grids, 3 zooms x 3 ratios per cell at the course's 224x224; BCE (train.cls_loss=focal
-# is the option) against soft targets; a match threshold of 0.15, as the digits are far smaller than
-# the anchors; 5 epochs (configs/ssd_multihead.yaml)
+# 4x4, 2x2 and 1x1 grids, 3 zooms x 3 ratios per cell at the course's 224x224, read from C5 merged
+# into C4 (P4); BCE (train.cls_loss=focal is the option) against soft targets; a match threshold of
+# 0.15, as the digits are far smaller than the anchors; 5 epochs (configs/ssd_multihead.yaml)
 PRESETS["ssd_multihead"] = _ssd_preset(
     "ssd_multihead",
     224,
-    {"hidden": 256, "dropout": 0.1},
+    {"hidden": 256, "dropout": 0.1, "grid_from": "p4"},
     cls_loss="bce",
     **{**_GRID, "pos_iou": 0.15, "soft_targets": True, "epochs": 5},
 )

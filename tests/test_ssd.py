@@ -80,6 +80,28 @@ def test_the_grid_head_takes_mobilenet_c5_as_it_is():
     assert torch.equal(seen["c5"], c5) and bool((c5 < 0).any())
 
 
+def test_the_p4_grid_head_reads_c5_merged_into_c4():
+    """``grid_from="p4"``: the head reads lateral(C4) + lateral(C5) upsampled 2x by nearest
+    neighbour (written out here with ``repeat_interleave``), then reaches the same grids and anchors."""
+    torch.manual_seed(0)
+    model = GridSSD(3, (224, 224), grid_from="p4", pretrained="none").eval()
+    course = GridSSD(3, (224, 224), pretrained="none")
+    assert model.grids == course.grids == (4, 2, 1) and torch.equal(model.anchors(), course.anchors())
+    assert GridSSD(3, (256, 256), grid_from="p4", pretrained="none").grids == (4, 2, 1)  # P4 16x16 -> 8 -> 4
+    seen = {}
+    model.sconv0.register_forward_hook(lambda module, inputs, output: seen.update(p4=inputs[0]))
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        model(images)
+        _, c4, c5 = model.backbone(images).values()
+        top = model.lateral5(c5).repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+        expected = model.lateral4(c4) + top
+    assert c4.shape[-1] == 14 and c5.shape[-1] == 7
+    torch.testing.assert_close(seen["p4"], expected)
+    with pytest.raises(ValueError, match="grid_from must be one of"):
+        GridSSD(3, (224, 224), grid_from="c4", pretrained="none")
+
+
 def test_toy_and_ssd300_anchors_are_the_papers():
     assert torch.equal(ToySSD(1).anchors(), ssd_default_boxes(**TOY_SSD)) and len(ToySSD(1).anchors()) == 5444
     maps = (38, 19, 10, 5, 3, 1)
@@ -320,16 +342,17 @@ def test_one_class_toy_ssd_trains_evaluates_and_predicts_through_the_cli(digits,
 
 
 def test_grid_shapes_train_and_come_back_with_the_checkpoint(digits, tmp_path):
-    """A grid SSD trained with ``model.grid_zooms`` / ``model.grid_ratios`` is rebuilt by
-    ``multibox.load`` with the same anchors (the checkpoint's config carries the shapes)."""
+    """A grid SSD trained with ``model.grid_zooms`` / ``model.grid_ratios`` / ``model.grid_from``
+    is rebuilt by ``multibox.load`` with the same anchors and head (the checkpoint's config carries them)."""
     from multibox import load
     from multibox.anchors import grid_anchors, grid_ratios
     from multibox.engine.train import train
 
     overrides = [f"data.path={digits}", f"output={tmp_path}", "model.pretrained=none", "train.batch_size=4",
                  "train.epochs=1", "train.max_steps=2", "model.grid_zooms=[0.5, 0.9]",
-                 "model.grid_ratios=[1.0, 2.5]"]  # fmt: skip
+                 "model.grid_ratios=[1.0, 2.5]", "model.grid_from=p4"]  # fmt: skip
     train(load_config("ssd_grid", overrides), progress=False)
-    detector = load(tmp_path / "last.pt")
+    detector = load(tmp_path / "last.pt")  # the P4 head's lateral convs load only into a P4 head
     expected = grid_anchors((4,), (0.5, 0.9), grid_ratios([1.0, 2.5])) * 256
     assert torch.equal(detector.model.anchors(), expected) and detector.model.outs[0].k == 4
+    assert detector.model.grid_from == "p4"

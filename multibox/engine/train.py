@@ -86,7 +86,15 @@ def _network(config: ModelConfig, num_classes: int, pretrained: str | None, imag
             shapes["zooms"] = tuple(config.grid_zooms)
         if config.grid_ratios:
             shapes["ratios"] = grid_ratios(config.grid_ratios)
-        return GridSSD(num_classes, image_size, **shapes, **backbone, channels=config.hidden, dropout=config.dropout)
+        return GridSSD(
+            num_classes,
+            image_size,
+            **shapes,
+            **backbone,
+            channels=config.hidden,
+            dropout=config.dropout,
+            grid_from=config.grid_from,
+        )
     if config.kind == "toyssd":
         return ToySSD(num_classes, image_size, config.ssd_scales)
     if config.kind in ("ssd300", "ssdlite"):

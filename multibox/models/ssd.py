@@ -131,6 +131,10 @@ def _last_conv(module: nn.Module) -> nn.Conv2d:
     return module[-1] if isinstance(module, nn.Sequential) else module
 
 
+# what GridSSD's head reads: C5 (the course), or P4, C5 merged into C4 at stride 16
+GRID_SOURCES = ("c5", "p4")
+
+
 def _stride2(side: int, times: int = 1) -> int:
     """Side of a map after ``times`` 3x3 stride-2 convs with padding 1."""
     for _ in range(times):
@@ -157,6 +161,10 @@ class GridSSD(_FixedSizeDetector):
         channels: width of the head's convs (the course: 256).
         dropout: dropout after C5 and in each :class:`StdConv`.
         first_grid: side of the first (finest) grid at most.
+        grid_from: what the head reads: ``"c5"`` (the course), or ``"p4"``, C5 merged into C4
+            as an FPN merges them (1x1 lateral convs to C4's width, C5 upsampled 2x by nearest
+            neighbour, summed) at stride 16, which keeps twice C5's resolution for small
+            objects; one more stride-2 :class:`StdConv` then reaches the same grids.
     """
 
     activation = "sigmoid"
@@ -175,24 +183,30 @@ class GridSSD(_FixedSizeDetector):
         channels: int = 256,
         dropout: float = 0.1,
         first_grid: int = 4,
+        grid_from: str = "c5",
     ):
         super().__init__()
         side = _square_side(image_size, "GridSSD")
         if grids < 1:
             raise ValueError(f"grids must be at least 1, got {grids}")
+        if grid_from not in GRID_SOURCES:
+            raise ValueError(f"grid_from must be one of {GRID_SOURCES}, got {grid_from!r}")
         if not zooms or not all(z > 0 for z in zooms):
             raise ValueError(f"zooms must be positive numbers, got {list(zooms)}")
         self.image_size, self.num_classes = (side, side), num_classes
         k = len(zooms) * len(ratios)
         # named as RetinaNet's (backbone.body.*), so that train.backbone_lr_mult applies to it
         self.backbone = build_backbone(backbone, pretrained, frozen_bn, trainable_stages)
+        self.grid_from = grid_from
+        width = self.backbone.out_channels[-2 if grid_from == "p4" else -1]
         self.drop = nn.Dropout(dropout)
-        # a stride-1 StdConv on C5, then stride-2 ones down to the first grid (one for a 7x7 or 8x8 C5)
-        c5 = -(-side // 32)
+        # a stride-1 StdConv on C5 (or P4), then stride-2 ones down to the first grid (one for a
+        # 7x7 or 8x8 C5, two for a 14x14 or 16x16 P4)
+        c5 = -(-side // (32 if grid_from == "c5" else 16))
         steps = 1
         while _stride2(c5, steps) > first_grid:
             steps += 1
-        trunk = [StdConv(self.backbone.out_channels[-1], channels, stride=1, dropout=dropout)]
+        trunk = [StdConv(width, channels, stride=1, dropout=dropout)]
         trunk += [StdConv(channels, channels, dropout=dropout) for _ in range(steps - 1)]
         self.sconv0 = nn.Sequential(*trunk)
         self.sconvs = nn.ModuleList(StdConv(channels, channels, dropout=dropout) for _ in range(grids))
@@ -205,12 +219,17 @@ class GridSSD(_FixedSizeDetector):
         self._anchors = grid_anchors(self.grids, zooms, ratios) * side
         self.coder = TanhCoder(grid_cell_sizes(self.grids, k) * side)
         self._level_sizes = [g * g * k for g in self.grids]
+        if grid_from == "p4":
+            self.lateral4 = nn.Conv2d(width, width, 1)
+            self.lateral5 = nn.Conv2d(self.backbone.out_channels[-1], width, 1)
 
     def forward(self, images: Tensor) -> DenseOutput:
         self._check_input(images)
-        x = list(self.backbone(images).values())[-1]
+        *_, c4, x = self.backbone(images).values()
         # the course applies ReLU to ResNet's C5, where it changes nothing (C5 ends in a ReLU);
         # MobileNetV2's C5 is a linear bottleneck, and a ReLU would zero its negative half
+        if self.grid_from == "p4":
+            x = self.lateral4(c4) + nn.functional.interpolate(self.lateral5(x), size=c4.shape[-2:], mode="nearest")
         x = self.sconv0(self.drop(x))
         grids = []
         for sconv in self.sconvs:
