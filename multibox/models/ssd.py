@@ -159,7 +159,7 @@ class GridSSD(_FixedSizeDetector):
         zooms, ratios: anchor shapes per cell, as :func:`~multibox.anchors.grid_anchors`.
         backbone, pretrained, frozen_bn, trainable_stages: see :func:`build_backbone`.
         channels: width of the head's convs (the course: 256).
-        dropout: dropout after C5 and in each :class:`StdConv`.
+        dropout: dropout on the map the head reads and in each :class:`StdConv`.
         first_grid: side of the first (finest) grid at most.
         grid_from: what the head reads: ``"c5"`` (the course), or ``"p4"``, C5 merged into C4
             as an FPN merges them (1x1 lateral convs to C4's width, C5 upsampled 2x by nearest
@@ -202,16 +202,16 @@ class GridSSD(_FixedSizeDetector):
         self.drop = nn.Dropout(dropout)
         # a stride-1 StdConv on C5 (or P4), then stride-2 ones down to the first grid (one for a
         # 7x7 or 8x8 C5, two for a 14x14 or 16x16 P4)
-        c5 = -(-side // (32 if grid_from == "c5" else 16))
+        read = -(-side // (32 if grid_from == "c5" else 16))  # side of the map the head reads
         steps = 1
-        while _stride2(c5, steps) > first_grid:
+        while _stride2(read, steps) > first_grid:
             steps += 1
         trunk = [StdConv(width, channels, stride=1, dropout=dropout)]
         trunk += [StdConv(channels, channels, dropout=dropout) for _ in range(steps - 1)]
         self.sconv0 = nn.Sequential(*trunk)
         self.sconvs = nn.ModuleList(StdConv(channels, channels, dropout=dropout) for _ in range(grids))
         self.outs = nn.ModuleList(OutConv(channels, k, num_classes) for _ in range(grids))
-        sizes = [_stride2(c5, steps + i) for i in range(grids)]
+        sizes = [_stride2(read, steps + i) for i in range(grids)]
         if sizes[-1] < 1 or len(set(sizes)) != len(sizes):
             raise ValueError(f"a {side}x{side} input gives grids {sizes}: too small for {grids} grids")
         self.grids = tuple(sizes)
