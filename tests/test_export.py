@@ -20,6 +20,7 @@ SMALL = {
     "cpu_digits": (64, ["model.fpn_channels=16"]),
     "toyssd": (64, []),
     "ssd_grid": (256, ["model.hidden=32"]),
+    "ssd_multihead": (224, ["model.hidden=32"]),  # its head reads P4 (C5 merged into C4)
     "yolov3": (64, ["model.fpn_channels=8"]),
 }
 
@@ -35,13 +36,20 @@ def _predictor(name: str) -> Predictor:
     for module in model.modules():
         if isinstance(module, torch.nn.Conv2d):
             torch.nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+    # the grid heads' eval-mode BatchNorm (running statistics 0 and 1) normalises nothing, so their
+    # outputs grow with each StdConv (P4's extra one: class logits of std ~10, whose sigmoids tie at
+    # 1.0 in float32, and box outputs up to ~40); smaller predictor weights keep the scores distinct
+    # and the outputs where float32 compares to 1e-4
+    for out in getattr(model, "outs", []):
+        out.cls.weight.data.mul_(0.25)
+        out.box.weight.data.mul_(0.25)
     return Predictor(model, config, CLASSES, device="cpu")
 
 
-def _assert_same(found, expected):
+def _assert_same(found, expected, box_atol=1e-3):
     assert len(found) == len(expected) > 0
     assert torch.equal(found.labels, expected.labels)
-    assert (found.boxes - expected.boxes).abs().max() <= 1e-3
+    assert (found.boxes - expected.boxes).abs().max() <= box_atol
     assert (found.scores - expected.scores).abs().max() <= 1e-4
 
 
@@ -62,13 +70,16 @@ def test_the_detection_graph_gives_detect_s_detections(name):
         assert torch.allclose(scores[i, :n], det.scores)
 
 
-@pytest.mark.parametrize("name", ["cpu_digits", "yolov3"])
+@pytest.mark.parametrize("name", ["cpu_digits", "ssd_multihead", "yolov3"])
 def test_onnxruntime_gives_pytorch_s_detections_for_batches_of_1_and_4(name, tmp_path):
     import onnxruntime
 
     predictor = _predictor(name)
     size = SMALL[name][0]
     images = torch.randn(4, 3, size, size)
+    # the TanhCoder scales an output by its anchor's size, up to 291 px on the 1x1 grid: an output
+    # within 1e-4 of PyTorch's is a box within about 1e-2 px
+    box_atol = 1e-2 if name == "ssd_multihead" else 1e-3
     with torch.no_grad():
         expected = predictor.model.detect(predictor.model(images), (size, size), score_thresh=0.0)
         raw = predictor.model(images)
@@ -82,7 +93,7 @@ def test_onnxruntime_gives_pytorch_s_detections_for_batches_of_1_and_4(name, tmp
             found = type(expected[i])(
                 torch.from_numpy(boxes[i][keep]), torch.from_numpy(scores[i][keep]), torch.from_numpy(labels[i][keep])
             )
-            _assert_same(found, expected[i])
+            _assert_same(found, expected[i], box_atol)
     # the network alone: the head's outputs
     path = export_onnx(predictor, tmp_path / "raw.onnx", dynamic_batch=True)
     cls_logits, box_deltas = onnxruntime.InferenceSession(str(path)).run(None, {"images": images.numpy()})
