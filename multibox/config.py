@@ -55,7 +55,9 @@ class ModelConfig:
     ``dropout``, and the anchors of each cell: ``grid_zooms``, their longer side in cells, and
     ``grid_ratios``, their height / width; empty: the course's, 0.7, 1, 1.3 and 1, 2, 0.5 for
     ``ssd_multihead``, 1 and 1 for ``ssd_grid``; and ``grid_from``, what the head reads: ``c5``,
-    the course's, or ``p4``, C5 merged into C4 at stride 16), ``toyssd`` (:class:`multibox.models.ToySSD`,
+    the course's, or ``p4``, C5 merged into C4 at stride 16; ``grid_align``, that map resized to
+    the side the stride-2 convs halve exactly, so that each grid cell's features are placed alike
+    on its anchors), ``toyssd`` (:class:`multibox.models.ToySSD`,
     no settings), ``ssd300``, ``ssdlite`` (:class:`multibox.models.MobileNetSSD`: backbone
     settings). The ``anchor_*`` settings are RetinaNet's; the SSD family's anchors follow from
     the input size and, for ``toyssd``, ``ssd300`` and ``ssdlite``, from ``ssd_scales`` (empty:
@@ -87,6 +89,7 @@ class ModelConfig:
     grid_zooms: tuple[float, ...] = ()
     grid_ratios: tuple[float, ...] = ()
     grid_from: str = "c5"
+    grid_align: bool = False
     yolo_anchors: tuple[tuple[float, float], ...] = ()
     spp: bool = False
 

@@ -102,6 +102,67 @@ def test_the_p4_grid_head_reads_c5_merged_into_c4():
         GridSSD(3, (224, 224), grid_from="c4", pretrained="none")
 
 
+def _grid_feature_offsets(model: GridSSD) -> list[list[float]]:
+    """Per grid, how far (input pixels, along x) the map position each cell's features are
+    centred on lies from its anchors' centre. Every 3x3 conv is made to pass its centre tap
+    only, and the map the head reads is replaced by each position's column index + 1."""
+    model = model.eval()
+    with torch.no_grad():
+        for module in [model.sconv0, *model.sconvs]:
+            for conv in module.modules():
+                if isinstance(conv, torch.nn.Conv2d):
+                    conv.weight.zero_()
+                    conv.weight[:, 0, 1, 1] = 1.0
+                    conv.bias.zero_()
+    side, read = model.image_size[0], model.read_side
+
+    def columns(module, inputs):
+        index = torch.arange(1.0, read + 1).expand(1, inputs[0].shape[1], read, read)
+        return (index,)
+
+    model.sconv0.register_forward_pre_hook(columns)
+    grids = []
+    for sconv in model.sconvs:
+        sconv.register_forward_hook(lambda module, inputs, output: grids.append(output[0, 0, 0]))
+    with torch.no_grad():
+        model(torch.zeros(1, 3, side, side))
+    offsets = []
+    for row, g in zip(grids, model.grids, strict=True):
+        position = row.round() - 1  # eval BatchNorm divides by sqrt(1 + 1e-5): round it off
+        centres = (position + 0.5) * side / read
+        offsets.append((centres - (torch.arange(g) + 0.5) * side / g).tolist())
+    return offsets
+
+
+def test_aligned_grids_read_their_anchors_from_the_same_place():
+    """``align``: the map the head reads is resized (bilinear) to a side that the stride-2
+    convs halve exactly, 16 for P4 at 224x224; each cell's features then sit at the same offset
+    from its anchors, where from 14 -> 7 -> 4 they sit 20, 12, 4 px before and 4 px after."""
+    torch.manual_seed(0)
+    course = GridSSD(3, (224, 224), grid_from="p4", pretrained="none")
+    aligned = GridSSD(3, (224, 224), grid_from="p4", pretrained="none", align=True)
+    aligned.load_state_dict(course.state_dict())  # the same parameters
+    assert (course.read_side, aligned.read_side) == (14, 16)
+    assert aligned.grids == course.grids == (4, 2, 1) and torch.equal(aligned.anchors(), course.anchors())
+    seen = {}
+    course.eval().sconv0.register_forward_pre_hook(lambda module, inputs: seen.update(course=inputs[0]))
+    aligned.eval().sconv0.register_forward_pre_hook(lambda module, inputs: seen.update(aligned=inputs[0]))
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        course(images), aligned(images)
+    resized = F.interpolate(seen["course"], size=(16, 16), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(seen["aligned"], resized)
+
+    assert _grid_feature_offsets(course)[0] == [-20.0, -12.0, -4.0, 4.0]
+    for offsets in _grid_feature_offsets(aligned):
+        assert len(set(offsets)) == 1, offsets  # 4x4: -21 px each; 2x2: -49; 1x1: -105
+    assert _grid_feature_offsets(aligned)[0] == [-21.0] * 4
+    # C5 at 224x224 (7x7) is resized to 8x8; at 256x256 both maps already halve exactly
+    assert GridSSD(3, (224, 224), pretrained="none", align=True).read_side == 8
+    assert GridSSD(3, (256, 256), grid_from="p4", pretrained="none", align=True).read_side == 16
+    assert GridSSD(3, (256, 256), pretrained="none", align=True).read_side == 8
+
+
 def test_toy_and_ssd300_anchors_are_the_papers():
     assert torch.equal(ToySSD(1).anchors(), ssd_default_boxes(**TOY_SSD)) and len(ToySSD(1).anchors()) == 5444
     maps = (38, 19, 10, 5, 3, 1)

@@ -94,6 +94,7 @@ def _network(config: ModelConfig, num_classes: int, pretrained: str | None, imag
             channels=config.hidden,
             dropout=config.dropout,
             grid_from=config.grid_from,
+            align=config.grid_align,
         )
     if config.kind == "toyssd":
         return ToySSD(num_classes, image_size, config.ssd_scales)

@@ -165,6 +165,13 @@ class GridSSD(_FixedSizeDetector):
             as an FPN merges them (1x1 lateral convs to C4's width, C5 upsampled 2x by nearest
             neighbour, summed) at stride 16, which keeps twice C5's resolution for small
             objects; one more stride-2 :class:`StdConv` then reaches the same grids.
+        align: resize the map the head reads (bilinear) to the side that the stride-2
+            :class:`StdConv` s halve exactly down to the first grid (16 for a 14x14 P4 at 224x224,
+            8 for a 7x7 C5), so that every cell of a grid sees its anchors from the same place. A
+            3x3 stride-2 conv on an odd side centres its outputs on inputs 0, 2, 4, ...: from
+            14 -> 7 -> 4 the 4x4 grid's features sit 20, 12, 4 px before and 4 px after their cells'
+            centres, an offset that no shared kernel can undo; from 16 -> 8 -> 4 each sits 21 px
+            before. No change where the side already halves exactly (256x256 inputs).
     """
 
     activation = "sigmoid"
@@ -184,6 +191,7 @@ class GridSSD(_FixedSizeDetector):
         dropout: float = 0.1,
         first_grid: int = 4,
         grid_from: str = "c5",
+        align: bool = False,
     ):
         super().__init__()
         side = _square_side(image_size, "GridSSD")
@@ -209,6 +217,8 @@ class GridSSD(_FixedSizeDetector):
         trunk = [StdConv(width, channels, stride=1, dropout=dropout)]
         trunk += [StdConv(channels, channels, dropout=dropout) for _ in range(steps - 1)]
         self.sconv0 = nn.Sequential(*trunk)
+        # the side that halves exactly down to the first grid, where `align` resizes the map to
+        self.read_side = _stride2(read, steps) * 2**steps if align else read
         self.sconvs = nn.ModuleList(StdConv(channels, channels, dropout=dropout) for _ in range(grids))
         self.outs = nn.ModuleList(OutConv(channels, k, num_classes) for _ in range(grids))
         sizes = [_stride2(read, steps + i) for i in range(grids)]
@@ -230,6 +240,9 @@ class GridSSD(_FixedSizeDetector):
         # MobileNetV2's C5 is a linear bottleneck, and a ReLU would zero its negative half
         if self.grid_from == "p4":
             x = self.lateral4(c4) + nn.functional.interpolate(self.lateral5(x), size=c4.shape[-2:], mode="nearest")
+        if x.shape[-1] != self.read_side:
+            side = (self.read_side, self.read_side)
+            x = nn.functional.interpolate(x, size=side, mode="bilinear", align_corners=False)
         x = self.sconv0(self.drop(x))
         grids = []
         for sconv in self.sconvs:
