@@ -96,7 +96,12 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """The schedule, augmentation, loss and evaluation settings of a run."""
+    """The schedule, augmentation, loss and evaluation settings of a run.
+
+    ``precompute`` (CPU, MobileNetV2, no augmentation): the outputs of the backbone's frozen
+    leading blocks (up to C3) are computed once per image and kept in memory (at most 4 GiB),
+    as the course's ``precompute=True``; later epochs and evaluations skip those blocks.
+    """
 
     image_size: tuple[int, int] = (512, 512)
     augment: str = "flip"
@@ -138,6 +143,7 @@ class TrainConfig:
     device: str = "auto"
     amp: str = "auto"
     channels_last: bool = True
+    precompute: bool = False
     ema_decay: float = 0.0
     max_steps: int = 0
     sync_bn: bool = False

@@ -224,3 +224,28 @@ def test_lr_finder_analysis_and_sweep(digits, tmp_path):
     assert result.suggestion == pytest.approx(max(result.minimum / 10, 1e-5))  # never below the sweep
     assert (tmp_path / "lr" / "lr_find.png").is_file()
     assert len((tmp_path / "lr" / "lr_find.csv").read_text().splitlines()) == len(result.lrs) + 1
+
+
+def test_precompute_trains_the_same_weights_and_reads_later_epochs_from_the_cache(digits, tmp_path):
+    settings = ("model.backbone=mobilenet_v2", "model.trainable_stages=3", "train.augment=none", "train.hflip=0",
+                "train.epochs=2", "train.deterministic=true")  # fmt: skip
+    train(_config(digits, tmp_path / "plain", *settings), progress=False)
+    train(_config(digits, tmp_path / "cached", *settings, "train.precompute=true"), progress=False)
+    plain, cached = load_checkpoint(tmp_path / "plain" / "last.pt"), load_checkpoint(tmp_path / "cached" / "last.pt")
+    for key, value in plain["model"].items():
+        assert torch.equal(value, cached["model"][key]), key
+
+    run = engine.Trainer(_config(digits, tmp_path / "steps", *settings, "train.precompute=true"))
+    cache = next(m.cache for m in run.model.modules() if hasattr(m, "cache"))
+    counts = []
+    for epoch in range(2):
+        seen = 0
+        for images, targets in run.loader(epoch):
+            run.step(run.losses(images, targets))
+            seen += len(images)
+        counts.append((seen, cache.misses, cache.hits))
+    assert len(run.dataset) == 16 and counts == [(16, 16, 0), (16, 16, 16)]  # the second epoch: all read
+    with pytest.raises(ValueError, match=r"train\.augment=none, train\.hflip=0.*got augment 'flip', hflip 0\.5"):
+        engine.Trainer(_config(digits, tmp_path, "model.backbone=mobilenet_v2", "train.precompute=true"))
+    with pytest.raises(ValueError, match="use it with backbone mobilenet_v2"):
+        engine.Trainer(_config(digits, tmp_path, "train.augment=none", "train.hflip=0", "train.precompute=true"))

@@ -263,3 +263,50 @@ def test_mobilenet_relu6_without_input_copy_gives_the_same_values_and_gradients(
     assert y.tolist() == [0.0, 0.0, 2.0, 6.0, 6.0, 6.0]
     (gradient,) = torch.autograd.grad(y.sum(), leaf)
     assert gradient.tolist() == [0.0, 0.0, 4.0, 0.0, 0.0, 0.0]  # zero at the clamp edges, as hardtanh
+
+
+def test_precompute_cache_answers_each_image_once_with_the_same_outputs_and_gradients():
+    """``train.precompute``: the frozen leading blocks' outputs come from the cache after an
+    image's first pass; outputs and the trained blocks' gradients are those without it."""
+    import copy
+
+    from multibox.models.backbones import attach_prefix_cache, freeze_leading_blocks
+
+    torch.manual_seed(0)
+    body = build_backbone("mobilenet_v2", pretrained="none", trainable_stages=3).body.train()
+    freeze_leading_blocks(body, 7)  # blocks 0-6 (up to C3) frozen; 7-17 train
+    images = torch.randn(3, 3, 64, 64)
+    reference = body(images)
+    reference["2"].square().sum().backward()
+    grads = [p.grad.clone() for p in body.parameters() if p.requires_grad]
+    body.zero_grad()
+
+    cache = attach_prefix_cache(body)
+    assert cache.blocks == 7 and body.cache is cache
+    for passes in (1, 2):  # the first pass fills the cache, the second reads it
+        outputs = body(images)
+        assert (cache.misses, cache.hits, len(cache)) == (3, 3 * (passes - 1), 3)
+        for key in reference:
+            torch.testing.assert_close(outputs[key], reference[key], atol=1e-5, rtol=1e-5)
+    outputs["2"].square().sum().backward()
+    trained = [p.grad for p in body.parameters() if p.requires_grad]
+    for got, expected in zip(trained, grads, strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+    changed = images.clone()
+    changed[0, 0, 0, 0] += 1.0  # keyed by the image's values: a changed image is computed anew
+    body(changed)
+    assert (cache.misses, cache.hits) == (4, 5)
+    assert copy.deepcopy(body).cache is cache  # the EMA's copy shares the same frozen blocks' outputs
+
+    full = attach_prefix_cache(body, max_bytes=0)  # holds nothing, still answers
+    torch.testing.assert_close(body(images)["2"], reference["2"], atol=1e-5, rtol=1e-5)
+    assert len(full) == 0 and full.misses == 3
+
+    assert attach_prefix_cache(build_backbone("mobilenet_v2", "none", trainable_stages=3).body).blocks == 4
+    with pytest.raises(ValueError, match="no frozen leading block"):
+        attach_prefix_cache(build_backbone("mobilenet_v2", "none", trainable_stages=5).body)
+    with pytest.raises(ValueError, match="no frozen leading block"):  # BatchNorm that learns statistics
+        attach_prefix_cache(build_backbone("mobilenet_v2", "none", frozen_bn=False).body)
+    with pytest.raises(ValueError, match="use it with backbone mobilenet_v2"):
+        attach_prefix_cache(build_backbone("resnet18", "none"))

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler
 
 from ..anchors import grid_ratios
-from ..config import Config, ModelConfig
+from ..config import Config, ModelConfig, TrainConfig
 from ..criterion import RetinaNetCriterion, SingleObjectCriterion, SSDCriterion, YOLOCriterion
 from ..data import DetectionSet, load_dataset
 from ..data.dataset import DetectionDataset, detection_collate
@@ -38,7 +38,7 @@ from ..models import (
     ToySSD,
     YOLOv3,
 )
-from ..models.backbones import freeze_leading_blocks
+from ..models.backbones import attach_prefix_cache, freeze_leading_blocks
 from ..viz import plot_pr_curves
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import Distributed, setup
@@ -406,6 +406,17 @@ def _load_splits(config: Config, output: Path | None = None) -> tuple[DetectionS
     return train_data, val_data
 
 
+def _check_precompute(config: TrainConfig, device: torch.device) -> None:
+    if config.augment != "none" or config.hflip > 0 or config.rotate:
+        raise ValueError(
+            "train.precompute keeps each training image's frozen-block outputs, so the images must be the same "
+            f"every epoch: set train.augment=none, train.hflip=0 and train.rotate=false (got augment "
+            f"{config.augment!r}, hflip {config.hflip}, rotate {config.rotate})"
+        )
+    if device.type != "cpu":
+        raise ValueError(f"train.precompute is for CPU training (it keeps outputs in CPU memory); got device {device}")
+
+
 class Trainer:
     """The pieces of a run that training and the learning-rate finder share.
 
@@ -436,6 +447,9 @@ class Trainer:
                 )
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(self.device, memory_format=self.memory_format)  # NHWC: faster convs (oneDNN, cuDNN)
+        if t.precompute:
+            _check_precompute(t, self.device)
+            attach_prefix_cache(self.model)
         # what runs the forward pass: the model, or its DistributedDataParallel replica
         self.network: nn.Module = self.model
         if self.dist.enabled:

@@ -7,6 +7,7 @@ or download where the internet is reachable. ``pretrained="none"`` trains from s
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from importlib.util import find_spec
 from itertools import pairwise
@@ -21,6 +22,8 @@ from torchvision.ops import FrozenBatchNorm2d
 __all__ = [
     "BACKBONES",
     "Backbone",
+    "FrozenPrefixCache",
+    "attach_prefix_cache",
     "build_backbone",
     "copy_free_relu6",
     "fold_frozen_batchnorm",
@@ -60,6 +63,73 @@ class Backbone(nn.Module):
         return self.body(images)
 
 
+class FrozenPrefixCache:
+    """The outputs of a MobileNetV2's frozen leading blocks, kept per input image (``train.precompute``).
+
+    The course's ``precompute=True``: blocks that never train give an image the same output
+    every epoch, so where the images are the same every epoch (no augmentation) they need to
+    run once per image, not once per epoch. Entries are keyed by the image's bytes (SHA-1 of
+    its shape and values), so a changed image is computed anew, never answered wrongly. Once
+    ``max_bytes`` are held, further images are computed and not kept.
+
+    Attributes:
+        blocks: how many leading blocks the cached outputs stand for (frozen ones, up to C3).
+        hits, misses: lookups answered from the cache / computed.
+    """
+
+    def __init__(self, blocks: int, max_bytes: int = 4 << 30):
+        self.blocks, self.max_bytes = blocks, max_bytes
+        self.bytes = self.hits = self.misses = 0
+        self._outputs: dict[bytes, Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self._outputs)
+
+    def __repr__(self) -> str:
+        return f"FrozenPrefixCache(blocks={self.blocks}, images={len(self)}, MiB={self.bytes / 2**20:.0f})"
+
+    def __deepcopy__(self, memo: dict) -> FrozenPrefixCache:
+        # a copy of the model (the EMA's) has the same frozen blocks: it shares the outputs
+        return self
+
+    def __call__(self, image: Tensor, prefix: nn.Module) -> Tensor:
+        """``prefix(image)`` for one image ``[1, 3, H, W]``, from the cache where it was seen before."""
+        values = image.detach().contiguous().numpy()
+        key = hashlib.sha1(str(values.shape).encode() + str(values.dtype).encode() + values.tobytes()).digest()
+        found = self._outputs.get(key)
+        if found is not None:
+            self.hits += 1
+            return found
+        self.misses += 1
+        output = prefix(image)
+        size = output.numel() * output.element_size()
+        if self.bytes + size <= self.max_bytes:
+            self._outputs[key] = output
+            self.bytes += size
+        return output
+
+
+def attach_prefix_cache(model: nn.Module, max_bytes: int = 4 << 30) -> FrozenPrefixCache:
+    """Give ``model``'s MobileNetV2 a :class:`FrozenPrefixCache` for its frozen leading blocks
+    before C3 (those whose parameters need no gradient and hold no BatchNorm statistics)."""
+    stages = [module for module in model.modules() if isinstance(module, _MobileNetStages)]
+    if not stages:
+        raise ValueError("train.precompute caches MobileNetV2's frozen blocks: use it with backbone mobilenet_v2")
+    blocks = 0
+    for block in stages[0].features[: _MOBILENET_STAGES[0]]:
+        trains = any(p.requires_grad for p in block.parameters())
+        if trains or any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in block.modules()):
+            break
+        blocks += 1
+    if blocks == 0:
+        raise ValueError(
+            "train.precompute: the backbone has no frozen leading block to cache; freeze some with "
+            "model.frozen_blocks or a lower model.trainable_stages (and model.frozen_bn true)"
+        )
+    stages[0].cache = FrozenPrefixCache(blocks, max_bytes)
+    return stages[0].cache
+
+
 class _MobileNetStages(nn.Module):
     """MobileNetV2's blocks, returning C3, C4 and C5.
 
@@ -67,12 +137,14 @@ class _MobileNetStages(nn.Module):
     among the stem and the stride-4 stage, run one image at a time: their expanded
     activations (96 channels at half the input size) then stay in the CPU's cache instead of
     streaming a whole batch through memory, which halves their time on 2 cores. Each image's
-    result is the same as in a batch (no batch statistics in these blocks).
+    result is the same as in a batch (no batch statistics in these blocks). With a
+    :class:`FrozenPrefixCache` (``cache``, on CPU), its frozen blocks' outputs come from it.
     """
 
     def __init__(self, features: nn.Sequential):
         super().__init__()
         self.features = features
+        self.cache: FrozenPrefixCache | None = None
 
     def _image_by_image(self, x: Tensor) -> int:
         """How many leading blocks (at most the stem and stride-4 stage) to run image by image."""
@@ -88,9 +160,17 @@ class _MobileNetStages(nn.Module):
             count += 1
         return count
 
+    def _cached(self, x: Tensor) -> bool:
+        if self.cache is None or x.device.type != "cpu" or torch.jit.is_tracing():
+            return False
+        return not (torch.is_grad_enabled() and x.requires_grad)
+
     def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
-        out, start = OrderedDict(), self._image_by_image(x)
-        if start:
+        out = OrderedDict()
+        if self._cached(x):
+            start = self.cache.blocks
+            x = torch.cat([self.cache(image, self.features[:start]) for image in x.split(1)])
+        elif start := self._image_by_image(x):
             x = torch.cat([self.features[:start](image) for image in x.split(1)])
         for key, stop in enumerate(_MOBILENET_STAGES):
             for block in self.features[start:stop]:
