@@ -278,15 +278,17 @@ def _ssd_preset(kind: str, image_size: int, model: dict | None = None, **train) 
 # keep the head's BatchNorm statistics steady on the 2x2 and 1x1 grids
 _GRID = {"batch_size": 32, "lr": 0.003, "warmup_steps": 30, "pos_iou": 0.4, "box_loss": "l1_boxes"}
 PRESETS["ssd_grid"] = _ssd_preset("ssd_grid", 256, {"hidden": 256, "dropout": 0.1}, cls_loss="bce", **_GRID)
-# 4x4, 2x2 and 1x1 grids, 3 zooms x 3 ratios per cell at the course's 224x224, read from C5 merged
-# into C4 (P4); BCE (train.cls_loss=focal is the option) against soft targets; a match threshold of
-# 0.15, as the digits are far smaller than the anchors; 5 epochs (configs/ssd_multihead.yaml)
+# 4x4, 2x2 and 1x1 grids, 3 zooms x 3 ratios per cell at the scenes' 256x256, read from C5 merged
+# into C4 (P4, 16x16: each cell sees its anchors alike; grid_align resizes it at other sizes); BCE
+# (train.cls_loss=focal is the option) against soft targets; a match threshold of 0.15, as the
+# digits are far smaller than the anchors; the frozen blocks computed once per scene, 8 epochs
+# (configs/ssd_multihead.yaml)
 PRESETS["ssd_multihead"] = _ssd_preset(
     "ssd_multihead",
-    224,
-    {"hidden": 256, "dropout": 0.1, "grid_from": "p4"},
+    256,
+    {"hidden": 128, "dropout": 0.1, "grid_from": "p4", "grid_align": True, "frozen_blocks": 7},
     cls_loss="bce",
-    **{**_GRID, "pos_iou": 0.15, "soft_targets": True, "epochs": 5},
+    **{**_GRID, "pos_iou": 0.15, "soft_targets": True, "epochs": 8, "batch_size": 16, "precompute": True},
 )
 
 # d2l.ai's toy SSD, from scratch, on the scenes with every digit one class "digit" (as the

@@ -193,8 +193,8 @@ def test_the_cli_reports_a_one_threshold_matcher_at_its_threshold_and_at_0_5(dig
     assert result.exit_code == 0, result.output
     assert "IoU>=0.15" in result.output and "IoU>=0.5" in result.output
     data, _ = load_dataset(digits, "train")
-    course = FixedAnchors(grid_anchors((4, 2, 1)) * 224, (224, 224), "the course's 189 anchors")  # the preset's size
-    expected = anchor_coverage(data, course, (224, 224), pos_iou=0.15, neg_iou=0.5)
+    course = FixedAnchors(grid_anchors((4, 2, 1)) * 256, (256, 256), "the course's 189 anchors")  # the preset's size
+    expected = anchor_coverage(data, course, (256, 256), pos_iou=0.15, neg_iou=0.5)
     got = json.loads((out / "anchors.json").read_text())["current"]["rows"]
     assert got == expected.rows and 0 < expected.rows[-1]["iou>=0.5"] < expected.rows[-1]["iou>=0.15"]
 
