@@ -146,11 +146,16 @@ class _MobileNetStages(nn.Module):
         self.features = features
         self.cache: FrozenPrefixCache | None = None
 
+    @staticmethod
+    def _per_image(x: Tensor) -> bool:
+        """Whether the leading blocks may run image by image: on CPU, with no gradient asked for
+        the input, and not while tracing (an exported graph takes any batch size)."""
+        grad_of_input = torch.is_grad_enabled() and x.requires_grad
+        return x.device.type == "cpu" and not grad_of_input and not torch.jit.is_tracing()
+
     def _image_by_image(self, x: Tensor) -> int:
         """How many leading blocks (at most the stem and stride-4 stage) to run image by image."""
-        if x.device.type != "cpu" or x.shape[0] < 2 or (torch.is_grad_enabled() and x.requires_grad):
-            return 0
-        if torch.jit.is_tracing():  # an exported graph takes any batch size: no split by image
+        if x.shape[0] < 2 or not self._per_image(x):
             return 0
         count = 0
         for block in self.features[:_MOBILENET_STAGES_BEFORE_C3]:
@@ -160,14 +165,9 @@ class _MobileNetStages(nn.Module):
             count += 1
         return count
 
-    def _cached(self, x: Tensor) -> bool:
-        if self.cache is None or x.device.type != "cpu" or torch.jit.is_tracing():
-            return False
-        return not (torch.is_grad_enabled() and x.requires_grad)
-
     def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
         out = OrderedDict()
-        if self._cached(x):
+        if self.cache is not None and self._per_image(x):
             start = self.cache.blocks
             x = torch.cat([self.cache(image, self.features[:start]) for image in x.split(1)])
         elif start := self._image_by_image(x):
