@@ -11,11 +11,12 @@ script first checks that both return the same detections.
 from __future__ import annotations
 
 import torch
-from _timing import canonical, compare, machine, report
+from _timing import compare, machine, report
 from train_step import pair_from_arguments
 
 from multibox.coding import DeltaCoder
 from multibox.postprocess import postprocess
+from multibox.structures import Detections, match_detections
 
 
 def main() -> None:
@@ -43,12 +44,10 @@ def main() -> None:
 
     mine, ref = ours_run(), theirs_run()
     print(f"detections: multibox {len(mine)}, torchvision {len(ref['scores'])}")
-    torch.testing.assert_close(
-        canonical(mine.boxes, mine.scores, mine.labels),
-        canonical(ref["boxes"], ref["scores"], ref["labels"]),
-        rtol=1e-4,
-        atol=1e-3,
-    )
+    ref = Detections(ref["boxes"], ref["scores"], ref["labels"])
+    # the same convolutions, but channels-last and a resize of torchvision's may reorder float sums
+    if len(mine) != len(ref) or (match_detections(mine, ref, score_atol=1e-4, box_atol=1e-3) < 0).any():
+        raise SystemExit("detections differ from torchvision's")
     print(machine())
     t_ours, t_theirs = compare(ours_run, theirs_run, args.repeats, device)
     report(f"batch-1 latency at {args.size} ({args.memory_format})", t_ours, t_theirs, "torchvision")

@@ -8,7 +8,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["DenseOutput", "Detections"]
+__all__ = ["DenseOutput", "Detections", "match_detections"]
 
 
 class DenseOutput(NamedTuple):
@@ -55,3 +55,29 @@ class Detections:
     def to(self, device: torch.device | str) -> Detections:
         """The same detections on ``device``."""
         return Detections(self.boxes.to(device), self.scores.to(device), self.labels.to(device), self.names)
+
+
+def match_detections(found: Detections, expected: Detections, *, score_atol: float, box_atol: float) -> Tensor:
+    """For each found detection, the index of the expected one it stands for, or -1.
+
+    Two runs of one detector on different kernels (another instruction set, onnxruntime, a tensor
+    of another shape) round scores and boxes differently in the last bits, and detections whose
+    scores tie to that rounding may come in either order; so they are compared one to one, not row
+    by row. A pair matches when the labels are equal, the scores differ by at most ``score_atol``
+    and every box coordinate by at most ``box_atol`` pixels; each expected detection is used once,
+    the closest in score first.
+
+    Returns:
+        ``[N]`` long tensor (``N = len(found)``): an index into ``expected``, or -1 where none matches.
+    """
+    score_gap = (found.scores[:, None].double() - expected.scores[None].double()).abs()  # [N, M]
+    box_gap = (found.boxes[:, None].double() - expected.boxes[None].double()).abs().amax(dim=-1)  # [N, M]
+    close = (found.labels[:, None] == expected.labels[None]) & (score_gap <= score_atol) & (box_gap <= box_atol)
+    cost = torch.where(close, score_gap, torch.inf)
+    index = torch.full((len(found),), -1, dtype=torch.long)
+    for i in range(len(found) if len(expected) else 0):
+        j = int(cost[i].argmin())
+        if torch.isfinite(cost[i, j]):
+            index[i] = j
+            cost[:, j] = torch.inf  # each expected detection stands for one found detection only
+    return index
