@@ -38,6 +38,7 @@ from ..models import (
     ToySSD,
     YOLOv3,
 )
+from ..models.autocast import guard_bf16_strided_convs
 from ..models.backbones import attach_prefix_cache, freeze_leading_blocks
 from ..viz import plot_pr_curves
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -447,6 +448,8 @@ class Trainer:
                 )
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(self.device, memory_format=self.memory_format)  # NHWC: faster convs (oneDNN, cuDNN)
+        if self.amp_dtype == torch.bfloat16 and self.device.type == "cpu":
+            guard_bf16_strided_convs(self.model)  # PyTorch's wrong weight gradients of one-column outputs
         if t.precompute:
             _check_precompute(t, self.device)
             attach_prefix_cache(self.model)
