@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import re
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from multibox.config import load_config
 from multibox.data import load_dataset
 from multibox.data.io import read_image, write_image
 from multibox.engine.train import train
+from multibox.hardware import cpu_label
 from multibox.viz import draw_detections, image_grid
 
 DOCS = Path(__file__).parent
@@ -50,6 +50,7 @@ def run(name: str, data: Path, runs: Path) -> dict:
     write_image(DOCS / "tutorial" / f"{name}.jpg", image_grid(pictures, columns=3))
     return {
         "preset": name,
+        "cpu": cpu_label(),
         "minutes": round(minutes, 1),
         "images_per_s": round(speed, 1),
         "epochs": config.train.epochs,
@@ -58,16 +59,27 @@ def run(name: str, data: Path, runs: Path) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| preset | training (incl. validation) | images/s | " + " | ".join(SHOWN) + " |"]
-    lines.append("|---" * (3 + len(SHOWN)) + "|")
+    lines = ["| preset | CPU | training (incl. validation) | images/s | " + " | ".join(SHOWN) + " |"]
+    lines.append("|---" * (4 + len(SHOWN)) + "|")
     for row in rows:
         cells = [f"{row[k]:.3f}" if k in row else "" for k in SHOWN]
         lines.append(
-            f"| `{row['preset']}` | {row['minutes']} min ({row['epochs']} epochs) | {row['images_per_s']} | "
-            + " | ".join(cells)
-            + " |"
+            f"| `{row['preset']}` | {row['cpu']} | {row['minutes']} min ({row['epochs']} epochs) | "
+            f"{row['images_per_s']} | " + " | ".join(cells) + " |"
         )
     return "\n".join(lines)
+
+
+def add_row(results: dict[str, dict], row: dict) -> dict[str, dict]:
+    """``results`` with ``row`` in it: a preset's rows stay together, one per CPU (figures from
+    different CPUs are never one row)."""
+    key = f"{row['preset']} on {row['cpu']}"
+    if key in results:
+        return {**results, key: row}
+    keys = list(results)
+    same = [i for i, k in enumerate(keys) if results[k]["preset"] == row["preset"]]
+    at = same[-1] + 1 if same else len(keys)
+    return {k: results[k] for k in keys[:at]} | {key: row} | {k: results[k] for k in keys[at:]}
 
 
 def main() -> None:
@@ -79,12 +91,16 @@ def main() -> None:
     results_file = DOCS / "tutorial" / "results.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
     for name in args.presets:
-        results[name] = run(name, args.data, args.runs)
-        print(json.dumps(results[name]))
+        row = run(name, args.data, args.runs)
+        results = add_row(results, row)
+        print(json.dumps(row))
     (DOCS / "tutorial").mkdir(exist_ok=True)
     results_file.write_text(json.dumps(results, indent=2) + "\n")
-    machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-    measured = f"Measured by `python docs/tutorial.py` ({machine}); L1 in pixels of the original images."
+    measured = (
+        f"Measured by `python docs/tutorial.py` ({torch.get_num_threads()} threads, torch {torch.__version__}); "
+        "each row on the CPU it names: rows of different CPUs are not comparable in time. "
+        "L1 in pixels of the original images."
+    )
     block = f"<!-- results -->\n{table(list(results.values()))}\n\n{measured}\n<!-- /results -->"
     tutorial = DOCS / "TUTORIAL.md"
     text = tutorial.read_text()

@@ -63,8 +63,11 @@ def info() -> None:
     import torch
     import torchvision
 
+    from .hardware import describe_cpu
+
     typer.echo(f"multibox     {__version__}")
     typer.echo(f"python       {platform.python_version()} ({platform.machine()})")
+    typer.echo(f"cpu          {describe_cpu()}")
     typer.echo(f"torch        {torch.__version__} (threads: {torch.get_num_threads()})")
     typer.echo(f"torchvision  {torchvision.__version__}")
     cuda = torch.cuda.is_available()
