@@ -526,12 +526,24 @@ class Trainer:
 
 
 def train(config: Config, resume: str | Path | None = None, progress: bool = True) -> dict:
-    """Train the detector ``config`` describes; returns the last evaluation's metrics (or {})."""
+    """Train the detector ``config`` describes; returns the last evaluation's metrics (or {}).
+
+    ``train.deterministic`` holds PyTorch to deterministic algorithms for this run only: the
+    process's setting is restored afterwards.
+    """
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    if config.train.deterministic:
+        torch.use_deterministic_algorithms(True)
+    try:
+        return _train(config, resume, progress)
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+def _train(config: Config, resume: str | Path | None, progress: bool) -> dict:
     t = config.train
     output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
-    if t.deterministic:
-        torch.use_deterministic_algorithms(True)
     run = Trainer(config, output)
     main = run.dist.main  # in a distributed run, rank 0 writes the logs and checkpoints
     if main:
