@@ -45,6 +45,7 @@ class Neighbours:
     def __init__(self, interval: float = 0.5, busy_cores: float = 0.5):
         self.interval, self.busy_cores = interval, busy_cores
         self.samples: list[tuple[float, float]] = []  # (seconds, other processes' cores) per interval
+        self.stolen = 0.0  # CPU seconds the hypervisor gave to other virtual machines ("steal")
         self._last = _snapshot()
         if self._last is not None:
             threading.Thread(target=self._sample, daemon=True).start()
@@ -53,8 +54,9 @@ class Neighbours:
         while True:
             time.sleep(self.interval)
             now = _snapshot()
-            (t0, machine0, ours0), (t1, machine1, ours1) = self._last, now
+            (t0, machine0, ours0, steal0), (t1, machine1, ours1, steal1) = self._last, now
             self.samples.append((t1 - t0, max(0.0, (machine1 - machine0) - (ours1 - ours0)) / (t1 - t0)))
+            self.stolen += steal1 - steal0
             self._last = now
 
     @property
@@ -69,6 +71,8 @@ class Neighbours:
         mean = sum(seconds * cores for seconds, cores in self.samples) / total
         loud = sum(seconds for seconds, cores in self.samples if cores >= self.busy_cores)
         line = f"other processes used {mean:.2f} cores on average over {total:.0f} s"
+        if self.stolen > 0.01 * total:  # on a virtual machine: time the host gave to other guests
+            line += f" (and the hypervisor took {self.stolen / total:.2f} cores: steal)"
         if not self.busy:
             return line + ": quiet"
         peak = max(cores for _, cores in self.samples)
@@ -82,8 +86,8 @@ _watch: Neighbours | None = None
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def _snapshot() -> tuple[float, float, float] | None:
-    """(wall seconds, CPU seconds the machine spent busy, CPU seconds of this process tree)."""
+def _snapshot() -> tuple[float, float, float, float] | None:
+    """(wall seconds, CPU seconds the machine spent busy, CPU seconds of this process tree, steal)."""
     try:
         ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     except (OSError, ValueError):
@@ -91,7 +95,7 @@ def _snapshot() -> tuple[float, float, float] | None:
     busy = sum(ticks[:3]) + sum(ticks[5:7])  # user, nice, system, irq, softirq (not idle, iowait, steal)
     times = os.times()
     ours = times.user + times.system + times.children_user + times.children_system + _live_children_seconds()
-    return time.monotonic(), busy / _TICK, ours
+    return time.monotonic(), busy / _TICK, ours, ticks[7] / _TICK
 
 
 def _live_children_seconds() -> float:
