@@ -29,7 +29,7 @@ demo: $(STAMP)
 	$(VENV)/bin/multibox predict --weights $(DEMO_RUN)/best.pt $(DEMO_DATA)/JPEGImages/val_0000*.jpg --out $(DEMO_RUN)/predictions
 	@$(PY) -c "import json; m = json.load(open('$(DEMO_RUN)/metrics.json')); print(f'demo: validation AP {m[\"AP\"]:.3f}, AP50 {m[\"AP50\"]:.3f} ($(DEMO_RUN)/metrics.json)')"
 
-# About 30 minutes on 2 cores; time_to_accuracy.py alone trains two detectors for 6 minutes each;
+# About 30 minutes on the 2-vCPU AMD EPYC, 18 on the Intel Xeon; time_to_accuracy.py alone trains two detectors for 6 minutes each;
 # onnx_latency.py measures the demo's checkpoint (make demo first).
 bench: $(STAMP)
 	$(PY) bench/postprocess.py
