@@ -3,7 +3,7 @@
 Every box in multibox is a float tensor ``[N, 4]`` in ``(x1, y1, x2, y2)`` format, absolute
 pixels, with ``x1 <= x2`` and ``y1 <= y2``. Other formats are converted only at the edges.
 
-The IoU family is computed by one function, :func:`_iou_family`, on broadcastable shapes: the
+The IoU family is computed by one function, :func:`iou_family`, on broadcastable shapes: the
 pairwise functions (``[N, 4] x [M, 4] -> [N, M]``) feed it ``boxes1[:, None]`` and
 ``boxes2[None]``; the losses feed it matched pairs (``[N, 4] x [N, 4] -> [N]``).
 """
@@ -26,6 +26,7 @@ __all__ = [
     "complete_box_iou",
     "distance_box_iou",
     "generalized_box_iou",
+    "iou_family",
 ]
 
 _FORMATS = ("xyxy", "xywh", "cxcywh")
@@ -129,7 +130,7 @@ def clip_boxes(boxes: Tensor, image_size: tuple[int, int]) -> Tensor:
     return torch.stack((x[..., 0], y[..., 0], x[..., 1], y[..., 1]), dim=-1)
 
 
-def _iou_family(boxes1: Tensor, boxes2: Tensor, kind: str) -> Tensor:
+def iou_family(boxes1: Tensor, boxes2: Tensor, kind: str) -> Tensor:
     """IoU, GIoU, DIoU or CIoU of broadcastable xyxy boxes ``[..., 4]``, shape ``[...]``.
 
     Formulas as in the papers and ``torchvision.ops``: GIoU subtracts the share of the
@@ -175,7 +176,7 @@ def _pairwise(boxes1: Tensor, boxes2: Tensor, kind: str) -> Tensor:
         if boxes.ndim != 2:
             raise ValueError(f"{name} must have shape [N, 4], got shape {list(boxes.shape)}")
         check_boxes(boxes, name)
-    return _iou_family(boxes1[:, None, :], boxes2[None, :, :], kind)
+    return iou_family(boxes1[:, None, :], boxes2[None, :, :], kind)
 
 
 def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:

@@ -136,6 +136,7 @@ def predict(
 
     import cv2
 
+    from .data.formats import write_coco_results
     from .data.io import IMAGE_SUFFIXES, atomic_write_bytes, atomic_write_text, read_image
     from .predictor import load
     from .viz import draw_detections
@@ -161,7 +162,7 @@ def predict(
                 f"{weights}" + ("; make one with `multibox export --weights CKPT`" if runtime == "onnx" else "")
             )
         predictor = load(weights)
-        results, images = [], []
+        found, images = [], []
         for index, path in enumerate(paths, start=1):
             pixels = read_image(path)
             det = predictor.predict(pixels, conf=conf, iou=iou, tile=tile, overlap=overlap)
@@ -171,23 +172,13 @@ def predict(
                 cv2.imencode(path.suffix or ".jpg", cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))[1].tobytes(),
             )
             images.append({"id": index, "file_name": str(path), "height": pixels.shape[0], "width": pixels.shape[1]})
-            for (x1, y1, x2, y2), score, label in zip(
-                det.boxes.tolist(), det.scores.tolist(), det.labels.tolist(), strict=True
-            ):
-                results.append(
-                    {
-                        "image_id": index,
-                        "category_id": label + 1,
-                        "category": det.names[label],
-                        "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-                        "score": round(score, 4),
-                    }
-                )
+            found.append(det)
     except (DataError, ValueError, RuntimeError) as error:
         _fail(error)
-    atomic_write_text(out / "predictions.json", json.dumps(results))
+    categories = list(range(1, len(predictor.class_names) + 1))
+    write_coco_results(out / "predictions.json", range(1, len(found) + 1), found, categories, predictor.class_names)
     atomic_write_text(out / "images.json", json.dumps(images))
-    typer.echo(f"{len(paths)} images, {len(results)} detections: {out}")
+    typer.echo(f"{len(paths)} images, {sum(len(d) for d in found)} detections: {out}")
 
 
 def anchors(

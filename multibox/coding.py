@@ -10,15 +10,32 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
 from .boxes import check_boxes
 
-__all__ = ["DeltaCoder", "TanhCoder", "YOLOCoder"]
+__all__ = ["Coder", "DeltaCoder", "TanhCoder", "YOLOCoder"]
 
 _DEFAULT_CLAMP = math.log(1000.0 / 16)
+
+
+class Coder(Protocol):
+    """What the criteria, post-processing and export need of a box coder: an inverse pair.
+
+    ``DeltaCoder``, ``TanhCoder`` and ``YOLOCoder`` are coders; ``anchor_index``, when given,
+    says which of the full ``[A, 4]`` anchors the rows of ``boxes`` / ``deltas`` belong to.
+    """
+
+    def encode(self, anchors: Tensor, boxes: Tensor, anchor_index: Tensor | None = None) -> Tensor:
+        """Regression targets ``[..., 4]`` of xyxy ``boxes`` relative to ``anchors``."""
+        ...
+
+    def decode(self, anchors: Tensor, deltas: Tensor, anchor_index: Tensor | None = None) -> Tensor:
+        """xyxy boxes ``[..., 4]`` (the anchors' pixels) from ``deltas [..., 4]``."""
+        ...
 
 
 def _centres(boxes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .boxes import box_area
-from .coding import DeltaCoder, YOLOCoder
+from .coding import Coder, DeltaCoder, YOLOCoder
 from .losses import (
     SMOOTH_L1_BETA,
     hard_negative_mining,
@@ -34,7 +34,6 @@ from .matching import (
     pad_batch,
     relative_iou,
 )
-from .postprocess import Coder
 from .structures import DenseOutput
 
 __all__ = [

@@ -29,6 +29,7 @@ from .config import config_from_dict
 from .data.dataset import IMAGENET_MEAN, IMAGENET_STD
 from .data.io import atomic_write_bytes
 from .engine.train import build_model, detect_settings
+from .postprocess import class_scores
 from .predictor import Predictor, load
 from .structures import DenseOutput, Detections
 
@@ -91,20 +92,9 @@ class DetectionGraph(nn.Module):
         self.topk, self.max_det = topk, max_det
         self.register_buffer("settings", torch.tensor([nms_iou, score_thresh]), persistent=False)
 
-    def scores(self, cls_logits: Tensor) -> Tensor:
-        """Class probabilities ``[B, A, K]`` from the head's logits (see ``DenseDetector.activation``)."""
-        activation = self.model.activation
-        if activation == "softmax":
-            return cls_logits.softmax(dim=-1)[..., 1:]
-        if activation == "objectness":
-            return torch.sigmoid(cls_logits[..., :1]) * torch.sigmoid(cls_logits[..., 1:])
-        if getattr(self.model, "background_column", False):
-            cls_logits = cls_logits[..., 1:]
-        return torch.sigmoid(cls_logits)
-
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         cls_logits, box_deltas = self.model(images)
-        scores = self.scores(cls_logits.float())
+        scores = class_scores(self.model.scored_logits(cls_logits.float()), self.model.activation)
         batch, num_anchors, num_classes = scores.shape
         # per level, the top-k (anchor, class) entries stay candidates; the rest score 0
         masks, start = [], 0

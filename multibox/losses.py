@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .boxes import _iou_family, check_boxes
+from .boxes import check_boxes, iou_family
 from .matching import IGNORE, NEGATIVE
 
 __all__ = [
@@ -244,7 +244,7 @@ def iou_loss(pred: Tensor, target: Tensor, kind: str = "giou", reduction: str = 
     if pred.shape != target.shape or pred.shape[-1:] != (4,):
         raise ValueError(f"pred {list(pred.shape)} and target {list(target.shape)} must both be [..., 4]")
     check_boxes(target, "target")
-    return _reduce(1 - _iou_family(pred, target, kind), reduction)
+    return _reduce(1 - iou_family(pred, target, kind), reduction)
 
 
 def hard_negative_mining(loss: Tensor, labels: Tensor, neg_pos_ratio: float = 3.0, min_negatives: int = 0) -> Tensor:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .boxes import _iou_family, check_boxes
+from .boxes import check_boxes, iou_family
 
 __all__ = [
     "IGNORE",
@@ -68,7 +68,7 @@ def batch_iou(boxes: Sequence[Tensor], anchors: Tensor) -> Tensor:
     """
     _check_batch(boxes, anchors)
     padded, valid = pad_batch(boxes)
-    iou = _iou_family(padded[:, :, None, :], anchors[None, None, :, :], "iou")  # [B, G, A]
+    iou = iou_family(padded[:, :, None, :], anchors[None, None, :, :], "iou")  # [B, G, A]
     return iou.masked_fill_(~valid[:, :, None], _PAD_IOU)
 
 

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from .boxes import box_iou_numpy
+from .data.formats.coco import coco_results
 
 __all__ = ["COCO_KEYS", "coco_map", "multilabel_metrics", "single_object_metrics", "voc_ap", "voc_map"]
 
@@ -63,24 +64,6 @@ def coco_ground_truth(targets: Sequence, num_classes: int | None = None) -> dict
             )
     categories = [{"id": c + 1, "name": str(c)} for c in range(num_classes)]
     return {"images": images, "annotations": annotations, "categories": categories}
-
-
-def coco_results(detections: Sequence) -> list[dict]:
-    """COCO results (``image_id`` ``1..N``, ``category_id`` ``label + 1``, ``bbox`` xywh, ``score``)."""
-    results = []
-    for image_id, det in enumerate(detections, start=1):
-        for (x1, y1, x2, y2), score, label in zip(
-            _boxes(det), _get(det, "scores", np.zeros(0)).reshape(-1), _labels(det), strict=True
-        ):
-            results.append(
-                {
-                    "image_id": image_id,
-                    "category_id": int(label) + 1,
-                    "bbox": [x1, y1, x2 - x1, y2 - y1],
-                    "score": float(score),
-                }
-            )
-    return results
 
 
 def coco_map(detections: Sequence, targets: Sequence, num_classes: int | None = None, per_class: bool = False) -> dict:

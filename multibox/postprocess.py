@@ -19,23 +19,34 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 from torch import Tensor
 from torchvision.ops import nms as _nms
 
+from .coding import Coder
 from .structures import Detections
 
-__all__ = ["Coder", "SoftNMS", "nms_iou_matrix", "postprocess", "soft_nms"]
+__all__ = ["ACTIVATIONS", "SoftNMS", "class_scores", "nms_iou_matrix", "postprocess", "soft_nms"]
 
 
-class Coder(Protocol):
-    """What post-processing needs of a box coder (``DeltaCoder``, ``TanhCoder``, ``YOLOCoder``)."""
+ACTIVATIONS = ("sigmoid", "softmax", "objectness")
 
-    def decode(self, anchors: Tensor, deltas: Tensor, anchor_index: Tensor | None = None) -> Tensor:
-        """Boxes ``[..., 4]`` (xyxy pixels) from ``deltas [..., 4]`` of ``anchors[anchor_index]``."""
-        ...
+
+def class_scores(cls_logits: Tensor, activation: str) -> Tensor:
+    """Class probabilities ``[..., K]`` from a dense head's logits.
+
+    ``sigmoid``: independent classes, ``[..., K]`` logits; ``softmax``: ``[..., K + 1]`` with the
+    background in column 0, dropped after the softmax; ``objectness`` (YOLO): ``[..., K + 1]``
+    with the objectness logit in column 0, a class scoring ``sigmoid(obj) * sigmoid(class)``.
+    """
+    if activation == "sigmoid":
+        return torch.sigmoid(cls_logits)
+    if activation == "softmax":
+        return cls_logits.softmax(dim=-1)[..., 1:]
+    if activation == "objectness":
+        return torch.sigmoid(cls_logits[..., :1]) * torch.sigmoid(cls_logits[..., 1:])
+    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
 
 
 @dataclass(frozen=True)
@@ -137,7 +148,7 @@ def _check_inputs(cls_logits, box_deltas, anchors, image_sizes, level_sizes, act
         raise ValueError(f"image_sizes needs one (height, width) per image: {batch}, got {len(image_sizes)}")
     if level_sizes is not None and sum(level_sizes) != num_anchors:
         raise ValueError(f"level_sizes {list(level_sizes)} must add up to the {num_anchors} anchors")
-    if activation not in ("sigmoid", "softmax", "objectness"):
+    if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be 'sigmoid', 'softmax' or 'objectness', got {activation!r}")
     if activation != "sigmoid" and cls_logits.shape[-1] < 2:
         raise ValueError(f"a {activation} head needs its column 0 (background or objectness) and at least one class")
@@ -156,12 +167,8 @@ def _candidates(
         # threshold's logit), activate the candidates only, then apply the exact threshold.
         ranking = cls_logits
         bound = math.log(score_thresh / (1 - score_thresh)) - 1e-4 if 0 < score_thresh < 1 else None
-    else:  # softmax: the foreground columns; objectness: P(object) x P(class | object)
-        ranking = (
-            cls_logits.softmax(dim=-1)[..., 1:]
-            if activation == "softmax"
-            else torch.sigmoid(cls_logits[..., :1]) * torch.sigmoid(cls_logits[..., 1:])
-        )
+    else:
+        ranking = class_scores(cls_logits, activation)
         bound = score_thresh if score_thresh > 0 else None
     batch, num_anchors, num_classes = ranking.shape
     values, flat_index = [], []

@@ -4,8 +4,6 @@ from data_helpers import make_images
 
 from multibox.data.dataset import (
     DetectionDataset,
-    LargestObjectDataset,
-    MultiLabelDataset,
     denormalize,
     detection_collate,
 )
@@ -31,18 +29,6 @@ def test_item_layout(tmp_path):
     assert target["boxes"].tolist() == [[1, 1, 10, 10], [5, 5, 55, 35], [20, 2, 30, 12]]
     assert target["labels"].tolist() == [0, 2, 1] and int(target["image_index"]) == 0
     assert abs(float(image.mean())) < 1.5  # normalised
-
-
-def test_largest_object_view(tmp_path):
-    view = LargestObjectDataset(DetectionDataset(_data(tmp_path), Augment("none", (40, 60)), train=False))
-    assert len(view) == 2 and view.skipped == 1  # the image without boxes is left out, and counted
-    _, target = view[0]
-    assert target["box"].tolist() == [5, 5, 55, 35] and int(target["label"]) == 2
-
-
-def test_multi_label_view(tmp_path):
-    view = MultiLabelDataset(DetectionDataset(_data(tmp_path), Augment("none", (40, 60)), train=False))
-    assert [view[i][1].tolist() for i in range(3)] == [[1, 1, 1], [0, 0, 0], [0, 1, 0]]
 
 
 def test_collate_pads_different_sizes_bottom_right():

@@ -6,7 +6,8 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from multibox.metrics import COCO_KEYS, coco_ground_truth, coco_map, coco_results, voc_ap, voc_map
+from multibox.data.formats import coco_results
+from multibox.metrics import COCO_KEYS, coco_ground_truth, coco_map, voc_ap, voc_map
 
 
 def _random_case(seed, images=12, classes=4):

@@ -1,4 +1,4 @@
-"""The Dataset over records, the course's single-object and multi-label views, collate and denorm."""
+"""The Dataset over records, collate and denormalisation."""
 
 from __future__ import annotations
 
@@ -17,8 +17,6 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "DetectionDataset",
-    "LargestObjectDataset",
-    "MultiLabelDataset",
     "denormalize",
     "detection_collate",
 ]
@@ -133,49 +131,3 @@ def detection_collate(batch: Sequence[tuple[Tensor, dict]]) -> tuple[Tensor, lis
     for slot, image in zip(stacked, images, strict=True):
         slot[:, : image.shape[1], : image.shape[2]] = image
     return stacked, [item[1] for item in batch]
-
-
-class LargestObjectDataset(Dataset):
-    """The course's first task: per image, its largest box and that box's class.
-
-    ``dataset[i]`` is ``(image, {"box": [4], "label": scalar})`` after augmentation. Images
-    without boxes have no largest object: they are left out and counted in ``skipped``.
-    """
-
-    def __init__(self, base: DetectionDataset):
-        self.base = base
-        self.indices = [i for i, r in enumerate(base.records) if len(r.boxes)]
-        self.skipped = len(base) - len(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
-        for _ in range(10):  # augmentation (a crop) may remove every box; draw again
-            image, target = self.base[self.indices[index]]
-            if len(target["boxes"]):
-                break
-        else:
-            raise RuntimeError(
-                f"image {self.base.records[self.indices[index]].image_path}: augmentation keeps "
-                "removing every box; use a milder preset for single-object training"
-            )
-        boxes = target["boxes"]
-        largest = int(((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).argmax())
-        return image, {"box": boxes[largest], "label": target["labels"][largest]}
-
-
-class MultiLabelDataset(Dataset):
-    """The classes present in each image as a multi-hot vector ``[C]`` (float, for BCE)."""
-
-    def __init__(self, base: DetectionDataset):
-        self.base = base
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        image, target = self.base[index]
-        present = torch.zeros(len(self.base.class_names))
-        present[target["labels"]] = 1.0
-        return image, present

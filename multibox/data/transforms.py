@@ -20,7 +20,7 @@ import torch
 from ..boxes import box_iou_numpy
 
 __all__ = [
-    "PRESETS",
+    "AUGMENTATIONS",
     "RESIZE_MODES",
     "Augment",
     "MinMaxResize",
@@ -34,7 +34,7 @@ __all__ = [
     "zoom_out",
 ]
 
-PRESETS = ("none", "flip", "ssd", "retina", "mosaic")
+AUGMENTATIONS = ("none", "flip", "ssd", "retina", "mosaic")  # train.augment
 RESIZE_MODES = ("squish", "letterbox", "minmax")
 PAD_VALUE = 114  # letterbox and mosaic fill, the grey of the YOLO family
 
@@ -259,8 +259,8 @@ class Augment:
     def __post_init__(self) -> None:
         if not 0 <= self.hflip <= 1:
             raise ValueError(f"hflip is a probability in [0, 1], got {self.hflip}")
-        if self.preset not in PRESETS:
-            raise ValueError(f"preset must be one of {PRESETS}, got {self.preset!r}")
+        if self.preset not in AUGMENTATIONS:
+            raise ValueError(f"train.augment must be one of {AUGMENTATIONS}, got {self.preset!r}")
         if self.resize not in RESIZE_MODES:
             raise ValueError(f"resize must be one of {RESIZE_MODES}, got {self.resize!r}")
         if self.preset == "mosaic" and self.size[0] != self.size[1]:

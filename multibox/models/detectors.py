@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from ..anchors import RETINA_RATIOS, RETINA_SCALES, RETINA_SIZES, RETINA_STRIDES, pyramid_anchors, pyramid_grid_sizes
-from ..coding import DeltaCoder, TanhCoder, YOLOCoder
+from ..coding import Coder, DeltaCoder
 from ..postprocess import postprocess
 from ..structures import DenseOutput, Detections
 from .backbones import build_backbone
@@ -38,7 +38,7 @@ class DenseDetector(nn.Module):
     :func:`~multibox.postprocess.postprocess`). A head with ``background_column`` has ``K + 1``
     class outputs, the background in column 0; a sigmoid head ignores that column."""
 
-    coder: DeltaCoder | TanhCoder | YOLOCoder = DeltaCoder()
+    coder: Coder = DeltaCoder()
     activation = "sigmoid"
     background_column = False
 
@@ -47,6 +47,11 @@ class DenseDetector(nn.Module):
 
     def level_sizes(self, image_size: Sequence[int]) -> list[int]:
         raise NotImplementedError
+
+    def scored_logits(self, cls_logits: Tensor) -> Tensor:
+        """The columns of ``cls_logits`` that :func:`~multibox.postprocess.class_scores` turns
+        into class scores with :attr:`activation`: all but a sigmoid head's unused background."""
+        return cls_logits[..., 1:] if self.background_column and self.activation == "sigmoid" else cls_logits
 
     def detect(
         self,
@@ -60,11 +65,9 @@ class DenseDetector(nn.Module):
         """Detections (input pixels) of a batch of ``image_size`` inputs: score threshold, top-k
         per level, decoding, class-wise NMS, ``max_det`` per image."""
         cls_logits, box_deltas = output
-        if self.background_column and self.activation == "sigmoid":
-            cls_logits = cls_logits[..., 1:]
         size = (int(image_size[0]), int(image_size[1]))
         return postprocess(
-            cls_logits,
+            self.scored_logits(cls_logits),
             box_deltas,
             self.anchors(size).to(cls_logits.device),
             [size] * cls_logits.shape[0],

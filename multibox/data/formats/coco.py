@@ -8,7 +8,7 @@ annotations become ignore regions, not training targets; images without annotati
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,7 @@ import numpy as np
 from ..io import atomic_write_text, copy_image, read_document
 from ..records import DataError, DetectionSet, Problem, Record
 
-__all__ = ["read_coco", "write_coco", "write_coco_results"]
+__all__ = ["coco_results", "read_coco", "write_coco", "write_coco_results"]
 
 
 def read_coco(json_path: str | Path, image_dir: str | Path | None = None) -> DetectionSet:
@@ -141,32 +141,48 @@ def _relative(path: Path, start: Path) -> str:
         return str(path.resolve())
 
 
+def coco_results(
+    detections: Sequence,
+    image_ids: Sequence[int] | None = None,
+    category_ids: Sequence[int] | None = None,
+    names: Sequence[str] | None = None,
+    decimals: tuple[int, int] | None = None,
+) -> list[dict]:
+    """Detections as COCO results rows: ``image_id, category_id, bbox [x, y, w, h], score``.
+
+    Args:
+        detections: per image, ``boxes [N, 4]`` xyxy pixels, ``scores [N]`` and ``labels [N]``
+            (``0..C-1``), as attributes (:class:`~multibox.structures.Detections`) or keys.
+        image_ids: COCO image id of each entry (default ``1..N``).
+        category_ids: category id of each class (default ``label + 1``).
+        names: class names: each row also gets its ``category`` name.
+        decimals: ``(box, score)`` decimals to round to, for files; None keeps every bit (evaluation).
+    """
+    image_ids = range(1, len(detections) + 1) if image_ids is None else image_ids
+    results = []
+    for image_id, det in zip(image_ids, detections, strict=True):
+        boxes = _column(det, "boxes").astype(np.float64).reshape(-1, 4)
+        scores, labels = _column(det, "scores").reshape(-1), _column(det, "labels").astype(np.int64).reshape(-1)
+        for (x1, y1, x2, y2), score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist(), strict=True):
+            bbox, score = [x1, y1, x2 - x1, y2 - y1], float(score)
+            if decimals is not None:
+                bbox, score = [round(v, decimals[0]) for v in bbox], round(score, decimals[1])
+            row = {"image_id": int(image_id), "category_id": int(category_ids[label] if category_ids else label + 1)}
+            results.append({**row, **({"category": names[label]} if names else {}), "bbox": bbox, "score": score})
+    return results
+
+
+def _column(detections, key: str) -> np.ndarray:
+    value = detections[key] if isinstance(detections, Mapping) else getattr(detections, key)
+    return np.asarray(value.detach().cpu() if hasattr(value, "detach") else value)
+
+
 def write_coco_results(
     path: str | Path,
     image_ids: Sequence[int],
     detections: Sequence,
     category_ids: Sequence[int],
+    names: Sequence[str] | None = None,
 ) -> None:
-    """Write detections in the COCO results format: ``image_id, category_id, bbox [x, y, w, h], score``.
-
-    Args:
-        path: the JSON file to write (atomically).
-        image_ids: COCO image id of each entry of ``detections``.
-        detections: per image, an object with ``boxes [N, 4]`` xyxy pixels, ``scores``, ``labels``.
-        category_ids: category id of each class ``0..C-1``.
-    """
-    results = []
-    for image_id, det in zip(image_ids, detections, strict=True):
-        boxes = np.asarray(det.boxes, dtype=np.float64).reshape(-1, 4)
-        for (x1, y1, x2, y2), score, label in zip(
-            boxes.tolist(), np.asarray(det.scores).tolist(), np.asarray(det.labels).tolist(), strict=True
-        ):
-            results.append(
-                {
-                    "image_id": int(image_id),
-                    "category_id": int(category_ids[int(label)]),
-                    "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
-                    "score": round(float(score), 5),
-                }
-            )
-    atomic_write_text(path, json.dumps(results))
+    """Write :func:`coco_results` to ``path`` (atomically), boxes to 0.001 px and scores to 1e-5."""
+    atomic_write_text(path, json.dumps(coco_results(detections, image_ids, category_ids, names, decimals=(3, 5))))
