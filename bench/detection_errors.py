@@ -58,8 +58,8 @@ def main() -> None:
     parser.add_argument("--score", type=float, default=0.3)
     args = parser.parse_args()
     detector = load(args.weights, device="cpu")
-    height, width = detector.config.train.image_size
-    resize = detector.config.train.resize
+    height, width = detector.config.input.size
+    resize = detector.config.input.resize
     val, _ = load_dataset(args.data, detector.config.data.val_split)
     counts, sizes = Counter(), []  # sizes: (longer side at the input, found)
     for record in val.records[: args.images]:

@@ -24,7 +24,7 @@ from torchvision.ops import batched_nms, box_iou
 from multibox.config import load_config
 from multibox.data import load_dataset
 from multibox.data.transforms import boxes_to_input
-from multibox.engine.train import build_model
+from multibox.kinds import build_model
 from multibox.matching import batch_iou, match_ssd
 from multibox.metrics import coco_map
 
@@ -38,16 +38,16 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
     config = load_config(preset, overrides)
     val = load_dataset(data, split="val")[0]
-    size = tuple(config.train.image_size)
+    size = tuple(config.input.size)
     model = build_model(config.model, len(val.class_names), pretrained="none", image_size=size)
     anchors, coder = model.anchors(), model.coder
     detections, targets, reached = [], [], []
     for record in val.records:
         orig = (record.height, record.width)
-        boxes = boxes_to_input(torch.from_numpy(record.boxes).double(), orig, size, config.train.resize).float()
+        boxes = boxes_to_input(torch.from_numpy(record.boxes).double(), orig, size, config.input.resize).float()
         labels = torch.from_numpy(record.labels).long()
         targets.append({"boxes": boxes, "labels": labels})
-        matched = match_ssd(batch_iou([boxes], anchors), config.train.pos_iou)[0]
+        matched = match_ssd(batch_iou([boxes], anchors), config.loss.pos_iou)[0]
         positive = (matched >= 0).nonzero().squeeze(1)
         box_index = matched[positive]
         best = coder.decode(anchors, coder.encode(anchors, boxes[box_index], positive), positive)

@@ -28,8 +28,9 @@ from torchvision.ops import FeaturePyramidNetwork
 from multibox import load
 from multibox.data import load_dataset
 from multibox.data.io import IMAGE_SUFFIXES
-from multibox.engine.train import evaluate
-from multibox.export import OnnxPredictor, export_onnx
+from multibox.evaluation import evaluate
+from multibox.export import export_onnx
+from multibox.inference import OnnxPredictor
 
 
 class _MobileNetFPN(torch.nn.Module):
@@ -46,7 +47,7 @@ class _MobileNetFPN(torch.nn.Module):
 
 def torchvision_peer(ours, size: int, classes: int) -> TorchvisionRetinaNet:
     """torchvision's RetinaNet (its 4-conv head) on the checkpoint's MobileNetV2 body and our anchors."""
-    c = ours.config.model
+    c = ours.config.model.retinanet
     sizes = tuple(tuple(s * scale for scale in c.anchor_scales) for s in c.anchor_sizes)
     anchors = AnchorGenerator(sizes, (tuple(c.anchor_ratios),) * len(sizes))
     return TorchvisionRetinaNet(

@@ -31,7 +31,8 @@ from torchvision.ops import FeaturePyramidNetwork
 
 from multibox.config import preset
 from multibox.data.synthetic import synthesize_digits
-from multibox.engine.train import Trainer, build_optimizer
+from multibox.engine import Trainer
+from multibox.engine.optim import build_optimizer
 
 TARGET = 20 / 13  # the issue's preset target over its plain design's measured speed
 
@@ -46,14 +47,14 @@ def separable(channels: int) -> nn.Sequential:
 
 def plain_design(config, num_classes: int) -> nn.Module:
     """torchvision's RetinaNet on the preset's MobileNetV2 blocks, a 64-channel FPN and light heads."""
-    width = config.model.fpn_channels
+    width = config.model.retinanet.fpn_channels
     model = torchvision_model(config, num_classes)
     model.backbone.fpn = FeaturePyramidNetwork([32, 96, 320], width)
     model.backbone.out_channels = width
     anchors = model.anchor_generator.num_anchors_per_location()[0]
     model.head = RetinaNetHead(width, anchors, num_classes)
     for task in (model.head.classification_head, model.head.regression_head):
-        task.conv = nn.Sequential(*(separable(width) for _ in range(config.model.head_convs)))
+        task.conv = nn.Sequential(*(separable(width) for _ in range(config.model.retinanet.head_convs)))
     return model
 
 
@@ -77,7 +78,7 @@ def main() -> None:
     ours = Trainer(config)
     plain = copy.deepcopy(config)
     if args.plain_from is not None:
-        plain.model.trainable_stages, plain.model.frozen_blocks = 5, args.plain_from
+        plain.model.backbone.trainable_stages, plain.model.backbone.frozen_blocks = 5, args.plain_from
     peer = plain_design(plain, len(ours.train_data.class_names))
     print(f"MobileNetV2 blocks trained: multibox {first_trained(config.model)}-17, the plain design "
           f"{first_trained(plain.model)}-17")  # fmt: skip

@@ -19,7 +19,7 @@ import torch
 from _timing import compare, machine, report
 
 from multibox.config import load_config
-from multibox.engine.train import Trainer
+from multibox.engine import Trainer
 
 
 def main() -> None:

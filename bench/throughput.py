@@ -21,7 +21,7 @@ from _timing import machine
 
 from multibox.config import load_config
 from multibox.data.synthetic import synthesize_digits
-from multibox.engine.train import Trainer
+from multibox.engine import Trainer
 from multibox.models.backbones import copy_free_relu6
 
 

@@ -33,7 +33,8 @@ from multibox.config import preset
 from multibox.data import DetectionSet, load_dataset
 from multibox.data.dataset import DetectionDataset, detection_collate
 from multibox.data.synthetic import synthesize_digits
-from multibox.engine.train import Trainer, build_optimizer, evaluate
+from multibox.engine import Trainer, evaluate
+from multibox.engine.optim import build_optimizer
 from multibox.metrics import coco_map
 from multibox.models.backbones import offline_mobilenet_v2_weights
 
@@ -60,7 +61,7 @@ class MobileNetFPN(nn.Module):
 def first_trained(model) -> int:
     """The first MobileNetV2 block a ``ModelConfig`` trains: its ``trainable_stages`` (stages end
     at blocks 2, 4, 7, 14, 18) and the ``frozen_blocks`` frozen on top of them."""
-    return max((18, 14, 7, 4, 2, 0)[model.trainable_stages], model.frozen_blocks)
+    return max((18, 14, 7, 4, 2, 0)[model.backbone.trainable_stages], model.backbone.frozen_blocks)
 
 
 def torchvision_step(model: nn.Module, optimizer, clip_grad: float):
@@ -77,11 +78,11 @@ def torchvision_step(model: nn.Module, optimizer, clip_grad: float):
 
 
 def torchvision_model(config, num_classes: int) -> TorchvisionRetinaNet:
-    m, t = config.model, config.train
-    trainable_from = first_trained(m)  # the same trainable blocks as multibox's
+    m, d = config.model.retinanet, config.detect
+    trainable_from = first_trained(config.model)  # the same trainable blocks as multibox's
     sizes = tuple(tuple(s * k for k in m.anchor_scales) for s in m.anchor_sizes)
     anchors = AnchorGenerator(sizes, (tuple(m.anchor_ratios),) * len(sizes))
-    side = t.image_size[0]
+    side = config.input.size[0]
     return TorchvisionRetinaNet(
         MobileNetFPN(trainable_from),
         num_classes,
@@ -90,10 +91,10 @@ def torchvision_model(config, num_classes: int) -> TorchvisionRetinaNet:
         image_mean=[0.0] * 3,  # the shared pipeline already normalises
         image_std=[1.0] * 3,
         anchor_generator=anchors,
-        score_thresh=t.score_thresh,
-        nms_thresh=t.nms_iou,
-        detections_per_img=t.max_det,
-        topk_candidates=t.topk,
+        score_thresh=d.score_thresh,
+        nms_thresh=d.nms_iou,
+        detections_per_img=d.max_det,
+        topk_candidates=d.topk,
     )
 
 

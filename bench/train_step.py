@@ -22,7 +22,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from multibox.criterion import RetinaNetCriterion
-from multibox.models import RetinaNet
+from multibox.models import build_retinanet
 
 MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 
@@ -35,7 +35,7 @@ def build_pair(classes: int, size: int, device: torch.device, memory_format=torc
     theirs = TorchvisionRetinaNet(
         body, classes, min_size=size, max_size=size, image_mean=[0.0] * 3, image_std=[1.0] * 3, detections_per_img=100
     ).to(device)
-    ours = RetinaNet(classes, "resnet50", "none", p6_from="p5", trainable_stages=3)
+    ours = build_retinanet(classes, "resnet50", "none", p6_from="p5", trainable_stages=3)
     ours.load_state_dict(theirs.state_dict())
     ours = ours.to(device, memory_format=memory_format)
     return ours, theirs

@@ -22,7 +22,7 @@ from multibox import load
 from multibox.config import load_config
 from multibox.data import load_dataset
 from multibox.data.io import read_image, write_image
-from multibox.engine.train import train
+from multibox.engine import train
 from multibox.hardware import cpu_label
 from multibox.viz import draw_detections, image_grid
 

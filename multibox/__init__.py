@@ -10,6 +10,6 @@ __version__ = "0.1.0"
 
 def load(checkpoint, device=None):
     """A Predictor from a training checkpoint: ``multibox.load("best.pt").predict("image.jpg")``."""
-    from .predictor import load as _load
+    from .inference import load as _load
 
     return _load(checkpoint, device)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -19,17 +18,17 @@ def _fail(error: Exception) -> None:
 
 def train(
     overrides: list[str] = typer.Argument(None, help="section.key=value overrides, e.g. train.lr=0.02"),
-    config: Path | None = typer.Option(None, "--config", help="YAML recipe (see configs/) or preset name"),
+    config: Path | None = typer.Option(None, "--config", help="preset name or YAML recipe (see multibox/configs)"),
     preset: str | None = typer.Option(None, "--preset", help="a named preset: " + ", ".join(PRESETS)),
     resume: Path | None = typer.Option(None, help="continue from a last.pt"),
 ) -> None:
     """Train a detector; outputs (checkpoints, logs, plots, resolved config) go to `output`.
 
-    Example: multibox train --config configs/retinanet_r50_fpn.yaml data.path=data/voc train.epochs=12
+    Example: multibox train --config retinanet_r50_fpn data.path=data/voc train.epochs=12
     Example: multibox train --preset single_object data.path=data/digits
     """
     from .config import load_config
-    from .engine.train import train as run
+    from .engine import train as run
 
     if config is not None and preset is not None:
         _fail(ConfigError("give --config or --preset, not both"))
@@ -52,7 +51,7 @@ def lr_find(
 ) -> None:
     """Learning-rate finder: exponential sweep, smoothed loss, stop on divergence; a plot and a suggestion.
 
-    Example: multibox lr-find --config configs/cpu_digits.yaml --steps 60
+    Example: multibox lr-find --config cpu_digits --steps 60
     """
     from .config import load_config
     from .engine.lr_find import lr_find as run
@@ -87,8 +86,8 @@ def evaluate(
     from .data import load_dataset
     from .data.formats import write_coco_results
     from .data.io import atomic_write_text
-    from .engine.train import evaluate as run
-    from .predictor import load
+    from .evaluation import evaluate as run
+    from .inference import load
     from .viz import plot_pr_curves
 
     try:
@@ -132,14 +131,39 @@ def predict(
     Example: multibox predict --weights digits.onnx --runtime onnx data/digits/JPEGImages/val_0000*.jpg
     Example: multibox predict --weights runs/demo/best.pt aerial.jpg --tile 512 --overlap 0.2
     """
-    import glob
-
     import cv2
 
     from .data.formats import write_coco_results
-    from .data.io import IMAGE_SUFFIXES, atomic_write_bytes, atomic_write_text, read_image
-    from .predictor import load
+    from .data.io import atomic_write_bytes, atomic_write_text, read_image
+    from .inference import load
     from .viz import draw_detections
+
+    paths = _image_paths(sources)
+    try:
+        _check_runtime(runtime, weights)
+        predictor = load(weights)
+        found, images = [], []
+        for index, path in enumerate(paths, start=1):
+            pixels = read_image(path)
+            det = predictor.predict(pixels, conf=conf, iou=iou, tile=tile, overlap=overlap)
+            drawn = draw_detections(pixels, det.boxes.numpy(), det.labels.numpy(), det.names, det.scores.numpy())
+            encoded = cv2.imencode(path.suffix or ".jpg", cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))[1]
+            atomic_write_bytes(out / path.name, encoded.tobytes())
+            images.append({"id": index, "file_name": str(path), "height": pixels.shape[0], "width": pixels.shape[1]})
+            found.append(det)
+    except (DataError, ValueError, RuntimeError) as error:
+        _fail(error)
+    categories = list(range(1, len(predictor.class_names) + 1))
+    write_coco_results(out / "predictions.json", range(1, len(found) + 1), found, categories, predictor.class_names)
+    atomic_write_text(out / "images.json", json.dumps(images))
+    typer.echo(f"{len(paths)} images, {sum(len(d) for d in found)} detections: {out}")
+
+
+def _image_paths(sources: list[str]) -> list[Path]:
+    """The image files that ``sources`` (files, folders, globs) name, or exit with an error."""
+    import glob
+
+    from .data.io import IMAGE_SUFFIXES
 
     paths: list[Path] = []
     for source in sources:
@@ -152,33 +176,18 @@ def predict(
             paths += sorted(Path(p) for p in glob.glob(source))
     if not paths:
         _fail(FileNotFoundError(f"no images found in {sources}"))
-    try:
-        onnx_file = weights.suffix.lower() == ".onnx"
-        if runtime not in ("auto", "torch", "onnx"):
-            raise ValueError(f"--runtime must be auto, torch or onnx, got {runtime!r}")
-        if runtime != "auto" and (runtime == "onnx") != onnx_file:
-            raise ValueError(
-                f"--runtime {runtime} runs {'an .onnx file' if runtime == 'onnx' else 'a checkpoint (.pt)'}, got "
-                f"{weights}" + ("; make one with `multibox export --weights CKPT`" if runtime == "onnx" else "")
-            )
-        predictor = load(weights)
-        found, images = [], []
-        for index, path in enumerate(paths, start=1):
-            pixels = read_image(path)
-            det = predictor.predict(pixels, conf=conf, iou=iou, tile=tile, overlap=overlap)
-            drawn = draw_detections(pixels, det.boxes.numpy(), det.labels.numpy(), det.names, det.scores.numpy())
-            atomic_write_bytes(
-                out / path.name,
-                cv2.imencode(path.suffix or ".jpg", cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))[1].tobytes(),
-            )
-            images.append({"id": index, "file_name": str(path), "height": pixels.shape[0], "width": pixels.shape[1]})
-            found.append(det)
-    except (DataError, ValueError, RuntimeError) as error:
-        _fail(error)
-    categories = list(range(1, len(predictor.class_names) + 1))
-    write_coco_results(out / "predictions.json", range(1, len(found) + 1), found, categories, predictor.class_names)
-    atomic_write_text(out / "images.json", json.dumps(images))
-    typer.echo(f"{len(paths)} images, {sum(len(d) for d in found)} detections: {out}")
+    return paths
+
+
+def _check_runtime(runtime: str, weights: Path) -> None:
+    onnx_file = weights.suffix.lower() == ".onnx"
+    if runtime not in ("auto", "torch", "onnx"):
+        raise ValueError(f"--runtime must be auto, torch or onnx, got {runtime!r}")
+    if runtime != "auto" and (runtime == "onnx") != onnx_file:
+        raise ValueError(
+            f"--runtime {runtime} runs {'an .onnx file' if runtime == 'onnx' else 'a checkpoint (.pt)'}, got "
+            f"{weights}" + ("; make one with `multibox export --weights CKPT`" if runtime == "onnx" else "")
+        )
 
 
 def anchors(
@@ -200,113 +209,39 @@ def anchors(
     """
     from .config import load_config
     from .data import load_dataset
-    from .models import SINGLE_TASKS
+    from .kinds import kind_of
 
     try:
         config = load_config(preset, [])
-        if config.model.kind in SINGLE_TASKS:
-            raise ValueError(f"'{preset}' is a {config.model.kind} network, without anchors: give a detector's preset")
-        size = (image_size, image_size) if image_size else tuple(config.train.image_size)
+        kind = kind_of(config)
+        if kind.doctor is None:
+            raise ValueError(f"'{preset}' is a {kind.name} network, without anchors: give a detector's preset")
+        size = (image_size, image_size) if image_size else tuple(config.input.size)
         dataset, _ = load_dataset(data, split, config.data.format)
-        coverage, suggested, overrides = _anchor_doctor(config, dataset, size)
+        coverage, suggested, overrides = kind.doctor(config, dataset, size)
     except (ConfigError, DataError, ValueError) as error:
         _fail(error)
-    _anchor_report(data, split, preset, size, config.train, dataset, coverage, suggested, overrides, out)
+    _anchor_report(data, split, preset, size, config, dataset, coverage, suggested, overrides, out)
 
 
-def _anchor_doctor(config, dataset, size):
-    """Coverage of the preset's anchors, and of fitted ones with the overrides to use them."""
-    from .anchor_doctor import (
-        FixedAnchors,
-        anchor_coverage,
-        fit_grid_shapes,
-        fit_ssd_scales,
-        fit_yolo_anchors,
-        suggest_anchors,
-    )
-    from .engine.train import build_model
-    from .models import AnchorConfig
-
-    m, t = config.model, config.train
-
-    # the table's second column: RetinaNet's background threshold (YOLOv3, which assigns by
-    # shape, is shown at the same 0.5 and 0.4); the SSD family's matcher has one threshold,
-    # everything under it background, so its second column is the usual 0.5, or 0.4 beside 0.5
-    if m.kind in ("retinanet", "yolov3"):
-        second = t.neg_iou
-    else:
-        second = 0.4 if t.pos_iou == 0.5 else 0.5
-
-    def measure(anchors):
-        return anchor_coverage(dataset, anchors, size, t.resize, t.pos_iou, second)
-
-    if m.kind == "retinanet":
-        current = AnchorConfig(tuple(m.anchor_strides), tuple(m.anchor_sizes), tuple(m.anchor_scales),
-                               tuple(m.anchor_ratios))  # fmt: skip
-        fitted = suggest_anchors(dataset, current, size, t.resize, t.pos_iou)
-        overrides = f"model.anchor_sizes=[{', '.join(f'{s:g}' for s in fitted.sizes)}] " + (
-            f"model.anchor_ratios=[{', '.join(f'{r:g}' for r in fitted.ratios)}]"
-        )
-        return measure(current), measure(fitted), overrides
-
-    def fixed(model_config, description: str):
-        model = build_model(model_config, len(dataset.class_names), pretrained="none", image_size=size)
-        boxes = model.anchors(size)
-        return FixedAnchors(boxes, size, f"{len(boxes)} {m.kind} anchors at {size[0]}x{size[1]}, {description}")
-
-    if m.kind == "yolov3":
-        given = "model.yolo_anchors" if m.yolo_anchors else "YOLOv3's COCO shapes scaled (training fits its own)"
-        shapes = fit_yolo_anchors(dataset, size, t.resize)
-        fitted = dataclasses.replace(m, yolo_anchors=shapes)
-        overrides = "model.yolo_anchors=[" + ", ".join(f"[{w:g}, {h:g}]" for w, h in shapes) + "]"
-        return measure(fixed(m, given)), measure(fixed(fitted, "k-means shapes")), overrides
-    if m.kind in ("ssd_grid", "ssd_multihead"):
-        model = build_model(m, 1, pretrained="none", image_size=size)
-        ratios = [h / w for h, w in model.ratios]
-        described = f"zooms {list(model.zooms)}, ratios {[round(r, 2) for r in ratios]}"
-        current = measure(fixed(m, described))
-
-        def grid_anchors_for(zooms, ratios):
-            shapes = dataclasses.replace(m, grid_zooms=zooms, grid_ratios=ratios)
-            return build_model(shapes, 1, pretrained="none", image_size=size).anchors()
-
-        zooms, ratios = fit_grid_shapes(dataset, grid_anchors_for, model.grids, model.zooms, ratios, size,
-                                        t.resize, t.pos_iou)  # fmt: skip
-        fitted = dataclasses.replace(m, grid_zooms=zooms, grid_ratios=ratios)
-        overrides = f"model.grid_zooms=[{', '.join(f'{v:g}' for v in zooms)}] " + (
-            f"model.grid_ratios=[{', '.join(f'{v:g}' for v in ratios)}]"
-        )
-        return current, measure(fixed(fitted, f"fitted zooms {list(zooms)}, ratios {list(ratios)}")), overrides
-    current = measure(fixed(m, f"scales {list(m.ssd_scales)}" if m.ssd_scales else "the preset's geometry"))
-
-    def ssd_anchors(scales):
-        return build_model(dataclasses.replace(m, ssd_scales=scales), 1, pretrained="none", image_size=size).anchors()
-
-    levels = len(build_model(m, 1, pretrained="none", image_size=size).level_sizes())
-    scales = fit_ssd_scales(dataset, ssd_anchors, levels, size, t.resize, t.pos_iou)
-    fitted = dataclasses.replace(m, ssd_scales=scales)
-    overrides = f"model.ssd_scales=[{', '.join(f'{v:g}' for v in scales)}]"
-    return current, measure(fixed(fitted, f"fitted scales {list(scales)}")), overrides
-
-
-def _anchor_report(data, split, preset, size, t, dataset, coverage, suggested, overrides, out) -> None:
+def _anchor_report(data, split, preset, size, config, dataset, coverage, suggested, overrides, out) -> None:
     from .anchor_doctor import draw_missed
     from .data.io import atomic_write_text
 
     out.mkdir(parents=True, exist_ok=True)
     picture = out / "anchors_missed.png"
-    drawn = draw_missed(coverage, dataset, size, t.resize, picture)
+    drawn = draw_missed(coverage, dataset, size, config.input.resize, picture)
     report = {
         "data": str(data),
         "split": split,
         "preset": preset,
         "image_size": list(size),
-        "resize": t.resize,
+        "resize": config.input.resize,
         "current": coverage.to_dict(dataset),
         "suggested": {**suggested.to_dict(dataset), "overrides": overrides},
     }
     atomic_write_text(out / "anchors.json", json.dumps(report, indent=2))
-    pos = f"IoU>={t.pos_iou:g}"
+    pos = f"IoU>={config.loss.pos_iou:g}"
     boxes = len(coverage.boxes)
     typer.echo(f"{data} ({split}): {len(dataset.records)} images, {boxes} boxes at input {size[0]}x{size[1]}")
     typer.echo(f"\n{preset}:\n{coverage.table()}")
@@ -343,17 +278,22 @@ def export(
     Example: multibox export --weights runs/digits/best.pt --int8 --calib data/digits/JPEGImages --out int8.onnx
     """
     from .export import export_onnx
+    from .inference import load
 
     if fmt != "onnx":
         _fail(ValueError(f"--format must be onnx, got {fmt!r}"))
     target = out or weights.with_suffix(".onnx")
     try:
+        predictor = load(weights, device="cpu")
         export_onnx(
-            weights, target, nms, dynamic_batch, score_thresh=conf, nms_iou=iou, max_det=max_det, int8=int8,
+            predictor, target, nms, dynamic_batch, score_thresh=conf, nms_iou=iou, max_det=max_det, int8=int8,
             calib=calib, image_size=(image_size, image_size) if image_size else None,
         )  # fmt: skip
     except (DataError, ValueError, RuntimeError, FileNotFoundError) as error:
         _fail(error)
+    if predictor.preprocess.fixed().resize != predictor.preprocess.resize:
+        side = f"{image_size}x{image_size}" if image_size else "x".join(map(str, predictor.preprocess.size))
+        typer.echo(f"input: the run's minmax resize exported as letterbox at {side} (a graph takes one input size)")
     graph = "with NMS (outputs boxes, scores, labels)" if nms else "network only (outputs cls_logits, box_deltas)"
     precision = "INT8 convolutions" if int8 else "fp32"
     typer.echo(f"written: {target} ({graph}, batch {'any' if dynamic_batch else 1}, {precision})")
@@ -376,8 +316,8 @@ def serve(
     """
     import uvicorn
 
-    from .predictor import load
-    from .serve import Limits, create_app
+    from .inference import load
+    from .inference.serve import Limits, create_app
 
     try:
         predictor = load(weights)

@@ -1,4 +1,4 @@
-"""ONNX export of a trained detector, and a predictor that runs the exported file on onnxruntime.
+"""ONNX export of a trained detector: the network alone, or with its post-processing in the graph.
 
 :func:`export_onnx` writes the network alone (``images -> cls_logits, box_deltas``, decoded on
 the host by the detector's ``detect``) or, with ``nms=True``, the whole detection graph:
@@ -19,24 +19,21 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .config import config_from_dict
-from .data.dataset import IMAGENET_MEAN, IMAGENET_STD
 from .data.io import atomic_write_bytes
-from .engine.train import build_model, detect_settings
+from .inference import Predictor, load
+from .inference.onnx import METADATA_KEY
+from .kinds import kind_of
 from .postprocess import class_scores
-from .predictor import Predictor, load
-from .structures import DenseOutput, Detections
 
-__all__ = ["DetectionGraph", "OnnxNetwork", "OnnxPredictor", "export_onnx"]
+__all__ = ["DetectionGraph", "export_onnx", "exported_predictor"]
 
 OPSET = 17
-_METADATA_KEY = "multibox"
 
 
 class _NonMaxSuppression(torch.autograd.Function):
@@ -142,7 +139,7 @@ def export_onnx(
     """Write the detector of ``checkpoint`` to ``path`` as ONNX (atomically); returns ``path``.
 
     Args:
-        checkpoint: a training checkpoint (``best.pt``), or a loaded :class:`~multibox.predictor.Predictor`.
+        checkpoint: a training checkpoint (``best.pt``), or a loaded :class:`~multibox.inference.Predictor`.
         path: the ``.onnx`` file to write.
         nms: put scoring, decoding and NMS in the graph (see :class:`DetectionGraph`); without,
             the graph ends at the head's ``cls_logits`` and ``box_deltas``.
@@ -156,58 +153,75 @@ def export_onnx(
         image_size: the graph's ``(height, width)`` input (default: the run's); networks built
             for one input size (the SSD family, YOLOv3) take only theirs.
         opset: ONNX opset.
+
+    The graph takes one input size: a run resized ``minmax`` (sizes vary) is exported
+    ``letterbox`` at its ``input.size`` (:meth:`~multibox.data.preprocess.Preprocess.fixed`),
+    and the file's metadata says so.
     """
-    import warnings
-
-    import onnx
-
-    predictor = checkpoint if isinstance(checkpoint, Predictor) else load(checkpoint, device="cpu")
-    config, model = predictor.config, predictor.model.to("cpu", memory_format=torch.contiguous_format).float().eval()
-    if not hasattr(model, "anchors"):
-        raise ValueError(f"{checkpoint}: a {config.model.kind} network; ONNX export covers the detectors with anchors")
-    if image_size is not None and tuple(image_size) != tuple(config.train.image_size):
-        config = copy.deepcopy(config)
-        config.train.image_size = (int(image_size[0]), int(image_size[1]))
-        predictor = Predictor(model, config, predictor.class_names, device="cpu")  # its resizing at that size
-    t = config.train
-    settings = detect_settings(t)
+    predictor = exported_predictor(checkpoint, image_size)
+    settings = asdict(predictor.config.detect)
     asked = {"score_thresh": score_thresh, "nms_iou": nms_iou, "max_det": max_det}
     settings.update({k: v for k, v in asked.items() if v is not None})
-    size = (int(t.image_size[0]), int(t.image_size[1]))
-    resize = t.resize if t.resize != "minmax" else "letterbox"  # one fixed input size in the graph
-    network: nn.Module = DetectionGraph(model, size, **settings) if nms else model
-    outputs = ["boxes", "scores", "labels"] if nms else ["cls_logits", "box_deltas"]
-    dynamic = {name: {0: "batch"} for name in ["images", *outputs]} if dynamic_batch else None
-    example = torch.zeros((2 if dynamic_batch else 1, 3, *size))
     path = Path(path)
     temporary = path.with_name(path.name + ".tmp")
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the tracer's notes on shapes fixed by the input size
-        torch.onnx.export(
-            network, (example,), str(temporary), dynamo=False, opset_version=opset,
-            input_names=["images"], output_names=outputs, dynamic_axes=dynamic,
-        )  # fmt: skip
+    _trace(predictor, temporary, nms, dynamic_batch, settings, opset)
     if int8:
         _quantize(temporary, predictor, calib, calib_images)
-    graph = onnx.load(str(temporary))
-    temporary.unlink()
     metadata = {
         "class_names": predictor.class_names,
-        "image_size": list(size),
-        "resize": resize,
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
+        **predictor.preprocess.metadata(),
         "nms": nms,
         "dynamic_batch": dynamic_batch,
         "int8": int8,
         "settings": settings,
-        "config": config.to_dict(),
+        "config": predictor.config.to_dict(),
     }
+    _write(temporary, path, metadata)
+    return path
+
+
+def exported_predictor(checkpoint: str | Path | Predictor, image_size: Sequence[int] | None = None) -> Predictor:
+    """The detector of ``checkpoint`` as it is exported: on the CPU in float32, contiguous, with
+    one fixed input size (``image_size``, default the run's; ``minmax`` becomes ``letterbox``)."""
+    predictor = checkpoint if isinstance(checkpoint, Predictor) else load(checkpoint, device="cpu")
+    config = copy.deepcopy(predictor.config)
+    if not kind_of(config).dense:
+        raise ValueError(f"{checkpoint}: a {config.model.kind} network; ONNX export covers the detectors with anchors")
+    if image_size is not None:
+        config.input.size = (int(image_size[0]), int(image_size[1]))
+    config.input.resize = predictor.preprocess.fixed().resize
+    config.train.channels_last = False
+    model = predictor.model.to("cpu", memory_format=torch.contiguous_format).float().eval()
+    return Predictor(model, config, predictor.class_names, device="cpu")
+
+
+def _trace(predictor: Predictor, path: Path, nms: bool, dynamic_batch: bool, settings: dict, opset: int) -> None:
+    import warnings
+
+    size = predictor.preprocess.size
+    network: nn.Module = DetectionGraph(predictor.model, size, **settings) if nms else predictor.model
+    outputs = ["boxes", "scores", "labels"] if nms else ["cls_logits", "box_deltas"]
+    dynamic = {name: {0: "batch"} for name in ["images", *outputs]} if dynamic_batch else None
+    example = torch.zeros((2 if dynamic_batch else 1, 3, *size))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on shapes fixed by the input size
+        torch.onnx.export(
+            network, (example,), str(path), dynamo=False, opset_version=opset,
+            input_names=["images"], output_names=outputs, dynamic_axes=dynamic,
+        )  # fmt: skip
+
+
+def _write(temporary: Path, path: Path, metadata: dict) -> None:
+    """The graph at ``temporary`` with ``metadata`` under :data:`METADATA_KEY`, checked, written
+    atomically to ``path``; ``temporary`` removed."""
+    import onnx
+
+    graph = onnx.load(str(temporary))
+    temporary.unlink()
     entry = graph.metadata_props.add()
-    entry.key, entry.value = _METADATA_KEY, json.dumps(metadata)
+    entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
     onnx.checker.check_model(graph)
     atomic_write_bytes(path, graph.SerializeToString())
-    return path
 
 
 def _quantize(path: Path, predictor: Predictor, calib: str | Path | None, count: int) -> None:
@@ -269,72 +283,3 @@ def _first_and_last_convs(path: str) -> list[str]:
 
     convs = [node for node in graph.node if node.op_type == "Conv"]
     return [convs[0].name, *(node.name for node in convs[1:] if last(node))] if convs else []
-
-
-class OnnxNetwork(nn.Module):
-    """An exported graph in onnxruntime, used as the network it came from: ``forward`` runs the
-    session, ``detect`` turns its outputs into detections, so that :class:`Predictor` and
-    :func:`~multibox.engine.train.evaluate` run it unchanged.
-
-    A graph without NMS is decoded by the original detector's ``detect`` (the ``skeleton``, built
-    without weights), with any settings. A graph with NMS has its thresholds fixed at export:
-    ``score_thresh`` can only be raised, and another ``nms_iou`` or a larger ``max_det`` is an error.
-    """
-
-    def __init__(self, session, metadata: dict, skeleton: nn.Module, path: Path):
-        super().__init__()
-        self.session, self.metadata, self.skeleton, self.path = session, metadata, skeleton, path
-
-    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
-        batch = np.ascontiguousarray(images.detach().cpu().numpy())
-        # a graph exported for batch 1 takes a batch one image at a time
-        parts = [batch] if self.metadata["dynamic_batch"] else np.split(batch, len(batch))
-        runs = [self.session.run(None, {"images": part}) for part in parts]
-        return tuple(torch.from_numpy(np.concatenate(outputs)) for outputs in zip(*runs, strict=True))
-
-    def detect(self, output, image_size: Sequence[int], score_thresh: float = 0.05, topk: int = 1000,
-               nms_iou: float = 0.5, max_det: int = 100) -> list[Detections]:  # fmt: skip
-        if not self.metadata["nms"]:
-            return self.skeleton.detect(DenseOutput(*output), image_size, score_thresh, topk, nms_iou, max_det)
-        baked = self.metadata["settings"]
-        if abs(nms_iou - baked["nms_iou"]) > 1e-9 or max_det > baked["max_det"] or topk != baked["topk"]:
-            raise ValueError(
-                f"{self.path} has NMS at IoU {baked['nms_iou']}, top-{baked['topk']} and max_det {baked['max_det']} "
-                "in its graph; export again with other settings (multibox export --iou ... --max-det ...)"
-            )
-        found = []
-        for boxes, scores, labels in zip(*output, strict=True):
-            keep = scores > max(score_thresh, baked["score_thresh"])
-            keep[max_det:] = False
-            found.append(Detections(boxes[keep].float(), scores[keep].float(), labels[keep].long()))
-        return found
-
-
-class OnnxPredictor(Predictor):
-    """:class:`~multibox.predictor.Predictor` on onnxruntime, from a file of :func:`export_onnx`
-    (its ``model`` an :class:`OnnxNetwork`); ``predict`` defaults to the settings exported."""
-
-    def __init__(self, path: str | Path, providers: Sequence[str] = ("CPUExecutionProvider",)):
-        import onnxruntime
-
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: ONNX file not found")
-        try:
-            session = onnxruntime.InferenceSession(str(path), providers=list(providers))
-        except Exception as error:  # onnxruntime's own exception types
-            raise ValueError(f"{path}: not a readable ONNX file ({str(error).strip()})") from None
-        meta = session.get_modelmeta().custom_metadata_map
-        if _METADATA_KEY not in meta:
-            raise ValueError(f"{path}: not a multibox ONNX file (no '{_METADATA_KEY}' metadata); use multibox export")
-        metadata = json.loads(meta[_METADATA_KEY])
-        config = config_from_dict(metadata["config"], f"{path} (its configuration)")
-        config.train.image_size = tuple(metadata["image_size"])
-        config.train.resize = metadata["resize"]
-        config.train.channels_last = False
-        for key, value in metadata["settings"].items():
-            setattr(config.train, key, value)
-        names = metadata["class_names"]
-        skeleton = build_model(config.model, len(names), "none", config.train.image_size)
-        super().__init__(OnnxNetwork(session, metadata, skeleton, path), config, names, device="cpu")
-        self.metadata, self.path = metadata, path

@@ -24,7 +24,7 @@ def digits_run(digits, tmp_path_factory):
     """A cpu_digits RetinaNet trained one epoch on ``digits`` at 64x64 (ImageNet MobileNetV2,
     offline; FPN width 16; score threshold 0.01): a real checkpoint to export, tile, serve."""
     from multibox.config import load_config
-    from multibox.engine.train import train
+    from multibox.engine import train
 
     run = tmp_path_factory.mktemp("digits_run")
     overrides = [f"data.path={digits}", f"output={run}", "train.image_size=[64, 64]", "train.batch_size=4",

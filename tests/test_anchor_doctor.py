@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from multibox.anchor_doctor import FixedAnchors, _kmeans_1d, anchor_coverage, draw_missed, suggest_anchors
+from multibox.anchor_doctor import FixedAnchors, anchor_coverage, draw_missed, suggest_anchors
+from multibox.anchor_doctor.fit import _kmeans_1d
 from multibox.anchors import pyramid_anchors
 from multibox.config import preset
 from multibox.data import DetectionSet, load_dataset
@@ -104,7 +105,7 @@ def test_kmeans_1d_and_the_fitted_anchors_improve_coverage_of_digit_scenes(tmp_p
 
     synthesize_digits(tmp_path, train=30, val=1, seed=0, config=SceneConfig(size=128, min_height=8))
     data, _ = load_dataset(tmp_path, "train")
-    m = preset("retinanet_r50_fpn").model  # the paper's anchors (32 to 812 px) on 8-96 px digits
+    m = preset("retinanet_r50_fpn").model.retinanet  # the paper's anchors (32 to 812 px) on 8-96 px digits
     paper = AnchorConfig(m.anchor_strides, m.anchor_sizes, m.anchor_scales, m.anchor_ratios)
     before = anchor_coverage(data, paper, (128, 128))
     fitted = suggest_anchors(data, paper, (128, 128))
@@ -157,7 +158,7 @@ def test_fixed_anchors_measure_as_the_same_anchors_given_by_settings(scenes):
 
 @pytest.mark.parametrize(
     ("name", "setting"),
-    [("yolov3", "model.yolo_anchors=[["), ("toyssd", "model.ssd_scales=["), ("ssd_grid", "model.grid_zooms=[")],
+    [("yolov3", "model.yolo.anchors=[["), ("toyssd", "model.ssd.scales=["), ("ssd_grid", "model.grid.zooms=[")],
 )
 def test_the_cli_checks_and_fits_the_ssd_family_and_yolo(digits, tmp_path, name, setting):
     import json
@@ -248,7 +249,7 @@ def test_model_grid_shapes_build_the_grid_ssd_they_name():
     """``model.grid_zooms`` / ``model.grid_ratios`` reach GridSSD's anchors and its box coder; empty: the course's."""
     from multibox.anchors import grid_anchors, grid_ratios
     from multibox.config import load_config
-    from multibox.engine.train import build_model
+    from multibox.kinds import build_model
 
     def model(*overrides):
         config = load_config("ssd_multihead", list(overrides)).model

@@ -12,7 +12,7 @@ import pytest
 from test_serve import Server
 
 from multibox import load
-from multibox.serve import create_app
+from multibox.inference.serve import create_app
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 MISSING = "the browser test needs Chromium and its driver: apt-get install chromium chromium-driver"

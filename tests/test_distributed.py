@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 
 from multibox.config import load_config
-from multibox.engine.train import EpochSampler, train
+from multibox.engine import train
+from multibox.engine.data import EpochSampler
 
 # the same run either way: SGD (Adam's normalised steps would magnify float noise in tiny gradients)
 RECIPE = ["train.image_size=[64, 64]", "model.fpn_channels=16", "train.epochs=2", "train.optimizer=sgd",

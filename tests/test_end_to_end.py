@@ -121,5 +121,5 @@ def test_anchor_doctor_in_every_format(source, fmt, tmp_path):
         if want["count"]:
             assert got["iou>=0.5"] == pytest.approx(want["iou>=0.5"], abs=1.01 / want["count"])
     assert report["suggested"]["rows"][-1]["iou>=0.5"] > report["current"]["rows"][-1]["iou>=0.5"]
-    assert report["suggested"]["overrides"].startswith("model.anchor_sizes=[")
+    assert report["suggested"]["overrides"].startswith("model.retinanet.anchor_sizes=[")
     assert (out / "anchors_missed.png").is_file()  # the 300 tiny boxes of the crowded image are missed

@@ -4,10 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-import multibox.engine.train as engine
+import multibox.engine as engine
+import multibox.kinds as kinds
+from multibox.checkpoint import load_checkpoint, save_checkpoint
 from multibox.config import PRESETS, ConfigError, load_config, preset
-from multibox.engine.checkpoint import load_checkpoint, save_checkpoint
-from multibox.engine.train import train
+from multibox.criterion import RetinaNetCriterion
+from multibox.engine import train
+from multibox.engine.optim import build_optimizer
 
 TINY = [
     "model.backbone=resnet18",
@@ -41,9 +44,9 @@ def test_config_rejects_unknown_keys_with_a_suggestion(tmp_path):
 def test_config_yaml_overrides_and_round_trip(tmp_path):
     (tmp_path / "c.yaml").write_text("model:\n  backbone: resnet18\ntrain:\n  image_size: [320, 256]\n  lr: 1\n")
     config = load_config(tmp_path / "c.yaml", ["train.lr=0.02", "model.anchor_sizes=[8, 16, 32, 64, 128]"])
-    assert config.model.backbone == "resnet18" and config.train.image_size == (320, 256)
-    assert config.train.lr == 0.02 and config.model.anchor_sizes == (8, 16, 32, 64, 128)
-    config.save(tmp_path / "resolved.yaml")
+    assert config.model.backbone.name == "resnet18" and config.input.size == (320, 256)
+    assert config.train.lr == 0.02 and config.model.retinanet.anchor_sizes == (8, 16, 32, 64, 128)
+    (tmp_path / "resolved.yaml").write_text(config.to_yaml())
     assert load_config(tmp_path / "resolved.yaml") == config
 
 
@@ -95,13 +98,13 @@ def test_resume_gives_the_same_weights_as_a_straight_run(digits, tmp_path):
 
 
 def test_non_finite_losses_stop_with_a_clear_message(digits, tmp_path, monkeypatch):
-    original = engine.RetinaNetCriterion.__call__
+    original = RetinaNetCriterion.__call__
 
     def poisoned(self, outputs, anchors, targets):
         losses = original(self, outputs, anchors, targets)
         return {k: v * float("nan") for k, v in losses.items()}
 
-    monkeypatch.setattr(engine.RetinaNetCriterion, "__call__", poisoned)
+    monkeypatch.setattr(RetinaNetCriterion, "__call__", poisoned)
     with pytest.raises(FloatingPointError, match=r"not finite for 3 steps in a row.*lower train.lr"):
         train(_config(digits, tmp_path, "train.epochs=2", "train.max_bad_steps=2"), progress=False)
     assert load_checkpoint(tmp_path / "last.pt")["bad_steps"] == 3
@@ -158,11 +161,11 @@ def test_predictor_cli_eval_and_predict(digits, tmp_path):
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
-def test_presets_and_their_yaml_files_agree(name):
-    from pathlib import Path
+def test_presets_are_their_yaml_files(name):
+    from multibox.config import PRESET_DIR
 
     assert PRESETS[name], "an empty preset"
-    yaml_file = Path(__file__).parents[1] / "configs" / f"{name}.yaml"
+    yaml_file = PRESET_DIR / f"{name}.yaml"  # the one source: PRESETS is read from these files
     assert load_config(yaml_file) == preset(name) == load_config(name)
     with pytest.raises(ConfigError, match=r"unknown preset 'retinanet_r50'; did you mean 'retinanet_r50_fpn'"):
         preset("retinanet_r50")
@@ -199,8 +202,8 @@ def test_mixed_precision_on_cpu_trains_with_float32_losses(digits, tmp_path):
 
 def test_optimizer_groups_discriminative_rates_and_decay(digits, tmp_path):
     config = _config(digits, tmp_path, "train.lr=0.01", "train.backbone_lr_mult=0.1", "train.weight_decay=0.001")
-    model = engine.build_model(config.model, 10)
-    optimizer = engine.build_optimizer(config.train, model)
+    model = kinds.build_model(config.model, 10)
+    optimizer = build_optimizer(config.train, model)
     group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
     trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     assert len(group_of) == len(trained)

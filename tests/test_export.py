@@ -9,9 +9,9 @@ from conftest import assert_same_detections
 
 from multibox import load
 from multibox.config import load_config
-from multibox.engine.train import build_model
-from multibox.export import DetectionGraph, OnnxPredictor, export_onnx
-from multibox.predictor import Predictor
+from multibox.export import DetectionGraph, export_onnx
+from multibox.inference import OnnxPredictor, Predictor
+from multibox.kinds import build_model
 from multibox.structures import Detections
 
 CLASSES = ["zero", "one", "two"]
@@ -32,7 +32,7 @@ def _predictor(name: str) -> Predictor:
     overrides = ["model.pretrained=none", f"train.image_size=[{size}, {size}]", "train.score_thresh=0.0", *extra]
     config = load_config(name, overrides)
     torch.manual_seed(0)
-    model = build_model(config.model, len(CLASSES), image_size=config.train.image_size).eval()
+    model = build_model(config.model, len(CLASSES), image_size=config.input.size).eval()
     # torchvision's MobileNetV2 initialisation without its ImageNet weights fades the features to
     # ~1e-9 at C5, which makes every score equal; inputs-preserving scales give distinct scores
     for module in model.modules():

@@ -13,7 +13,7 @@ from conftest import assert_same_detections
 
 from multibox import load
 from multibox.config import config_from_dict
-from multibox.engine.train import build_model
+from multibox.kinds import build_model
 from multibox.structures import Detections
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -40,5 +40,5 @@ def test_a_legacy_checkpoint_loads_and_predicts_the_same():
 @pytest.mark.parametrize("name", sorted(LEGACY))
 def test_legacy_configurations_build_the_same_networks(name):
     config = config_from_dict(LEGACY[name]["config"], f"legacy {name}")
-    model = build_model(config.model, 3, "none", image_size=config.train.image_size)
+    model = build_model(config.model, 3, "none", image_size=config.input.size)
     assert _digest(model) == LEGACY[name]["state_dict"]

@@ -6,9 +6,10 @@ import torchvision
 from conftest import assert_same_detections
 
 from multibox.coding import DeltaCoder
-from multibox.config import ModelConfig
-from multibox.engine.train import build_model
-from multibox.models import AnchorConfig, RetinaNet, build_backbone
+from multibox.config import config_from_dict
+from multibox.kinds import build_model
+from multibox.models import AnchorConfig, build_backbone
+from multibox.models import build_retinanet
 from multibox.models.backbones import offline_mobilenet_v2_weights
 from multibox.postprocess import postprocess
 
@@ -28,7 +29,7 @@ def test_torchvision_retinanet_weights_give_the_same_detections(frozen_bn):
     with torch.no_grad():  # random weights that give detections above the score threshold
         theirs.head.classification_head.cls_logits.bias.normal_(0, 2)
         theirs.head.regression_head.bbox_reg.weight.mul_(30)
-    ours = RetinaNet(5, backbone="resnet50", pretrained="none", p6_from="p5", frozen_bn=frozen_bn).eval()
+    ours = build_retinanet(5, backbone="resnet50", pretrained="none", p6_from="p5", frozen_bn=frozen_bn).eval()
     ours.load_state_dict(theirs.state_dict())  # same module names: loads strictly, unchanged
     images = torch.randn(2, 3, 256, 256)
     with torch.no_grad():
@@ -88,7 +89,7 @@ def test_backbone_strides_and_channels(name, channels):
 
 
 def test_model_output_matches_its_anchors_for_odd_sizes():
-    model = RetinaNet(
+    model = build_retinanet(
         3,
         backbone="resnet18",
         pretrained="none",
@@ -103,7 +104,7 @@ def test_model_output_matches_its_anchors_for_odd_sizes():
 
 
 def test_head_initialisation_follows_the_paper():
-    model = RetinaNet(7, backbone="resnet18", pretrained="none")
+    model = build_retinanet(7, backbone="resnet18", pretrained="none")
     with torch.no_grad():
         out = model(torch.randn(1, 3, 128, 128))
     probabilities = out.cls_logits.sigmoid()
@@ -133,7 +134,8 @@ def _trained_mobilenet_blocks(model):
 @pytest.mark.parametrize("kind", ["retinanet", "ssdlite", "yolov3"])
 def test_frozen_blocks_freeze_mobilenet_blocks_on_top_of_stages(kind):
     def build(**options):
-        return build_model(ModelConfig(kind=kind, pretrained="none", **options), 3, image_size=(128, 128))
+        model = config_from_dict({"model": {"kind": kind, "pretrained": "none", **options}}).model
+        return build_model(model, 3, image_size=(128, 128))
 
     model = build(trainable_stages=3, frozen_blocks=5)
     assert _trained_mobilenet_blocks(model) == set(range(5, 18))  # trainable_stages=3 alone trains 4-17
@@ -154,7 +156,7 @@ def test_bad_backbone_options():
 
 def test_three_level_pyramid_with_a_separable_head():
     anchors = AnchorConfig(strides=(8, 16, 32), sizes=(16, 48, 128))
-    model = RetinaNet(
+    model = build_retinanet(
         4,
         backbone="mobilenet_v2",
         pretrained="none",
@@ -170,15 +172,15 @@ def test_three_level_pyramid_with_a_separable_head():
     depthwise = [m for m in model.head.modules() if isinstance(m, torch.nn.Conv2d) and m.groups == 32]
     assert len(depthwise) == 4  # two per subnet
     with pytest.raises(ValueError, match="five strides and sizes"):
-        RetinaNet(4, pretrained="none", anchors=AnchorConfig(strides=(8, 16), sizes=(16, 32)))
+        build_retinanet(4, pretrained="none", anchors=AnchorConfig(strides=(8, 16), sizes=(16, 32)))
 
 
 def test_separable_fpn_and_predictors_keep_shapes_names_and_prior():
     anchors = AnchorConfig(strides=(8, 16, 32), sizes=(16, 48, 128))
     options = dict(backbone="mobilenet_v2", pretrained="none", fpn_channels=32, head_convs=2, anchors=anchors)
     torch.manual_seed(0)
-    dense = RetinaNet(3, **options).eval()
-    light = RetinaNet(3, **options, separable_fpn=True, separable_predictors=True).eval()
+    dense = build_retinanet(3, **options).eval()
+    light = build_retinanet(3, **options, separable_fpn=True, separable_predictors=True).eval()
     images = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
         expected, got = dense(images), light(images)
@@ -198,7 +200,7 @@ def test_separable_fpn_and_predictors_keep_shapes_names_and_prior():
 
 
 def test_separable_head_keeps_the_signal():
-    model = RetinaNet(
+    model = build_retinanet(
         4,
         backbone="resnet18",
         pretrained="none",

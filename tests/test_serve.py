@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from multibox import load
-from multibox.serve import Limits, create_app
+from multibox.inference.serve import Limits, create_app
 
 
 class Server:

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from multibox.cli import app
 from multibox.config import load_config
 from multibox.criterion import SingleObjectCriterion, largest_objects
-from multibox.engine.train import Trainer
+from multibox.engine import Trainer
 from multibox.metrics import multilabel_metrics, single_object_metrics
 from multibox.models import SINGLE_TASKS, SingleObjectNet, SingleOutput
 from multibox.structures import Detections

@@ -13,7 +13,8 @@ from multibox.coding import DeltaCoder, TanhCoder
 from multibox.config import load_config
 from multibox.criterion import SSDCriterion
 from multibox.data.records import DetectionSet, Record
-from multibox.engine.train import Trainer, build_criterion, build_model
+from multibox.engine import Trainer
+from multibox.kinds import build_criterion, build_model
 from multibox.matching import NEGATIVE, batch_iou, match_ssd, relative_iou
 from multibox.models import SSD_KINDS, GridSSD, MobileNetSSD, ToySSD
 from multibox.structures import DenseOutput
@@ -31,14 +32,14 @@ def _targets():
 
 def _preset_model(kind: str, classes: int = 3):
     config = load_config(kind, ["model.pretrained=none"])
-    return config, build_model(config.model, classes, image_size=config.train.image_size)
+    return config, build_model(config.model, classes, image_size=config.input.size)
 
 
 @pytest.mark.parametrize("kind", SSD_KINDS)
 def test_each_preset_gives_its_anchors_outputs_and_a_finite_loss(kind):
     torch.manual_seed(0)
     config, model = _preset_model(kind)
-    side = config.train.image_size[0]
+    side = config.input.size[0]
     anchors = model.anchors((side, side))
     assert anchors.shape == (ANCHORS[kind], 4) and sum(model.level_sizes()) == ANCHORS[kind]
     out = model(torch.randn(2, 3, side, side))
@@ -290,7 +291,7 @@ def test_soft_targets_scale_each_positive_by_its_anchor_iou_over_the_best():
     with pytest.raises(ValueError, match="soft_targets needs cls_loss='bce'"):
         SSDCriterion(coder, cls_loss="focal", soft_targets=True)
     config = load_config("retinanet_r50_fpn", ["model.pretrained=none", "train.soft_targets=true"])
-    with pytest.raises(ValueError, match=r"train\.soft_targets is for the SSD family's bce class loss; retinanet"):
+    with pytest.raises(ValueError, match=r"loss\.soft_targets is for the SSD family's bce class loss; retinanet"):
         build_criterion(config, torch.nn.Module())
 
 
@@ -343,8 +344,8 @@ def test_softmax_focal_counts_every_anchor():
 
 def test_wrong_class_loss_for_the_head_is_a_clear_error():
     config = load_config("ssd_multihead", ["model.pretrained=none", "train.cls_loss=softmax"])
-    model = build_model(config.model, 2, image_size=config.train.image_size)
-    with pytest.raises(ValueError, match=r"sigmoid head: train.cls_loss must be bce or focal"):
+    model = build_model(config.model, 2, image_size=config.input.size)
+    with pytest.raises(ValueError, match=r"GridSSD has a sigmoid head: loss.cls must be bce or focal"):
         build_criterion(config, model)
     with pytest.raises(ValueError, match="cls_loss must be one of"):
         SSDCriterion(DeltaCoder(), cls_loss="hinge")
@@ -364,7 +365,7 @@ def test_one_class_view_keeps_boxes_and_names_one_class():
 def test_a_few_steps_on_one_batch_lower_the_loss(digits, tmp_path, kind):
     # the smallest inputs each network is built for: the course's 4x4 grid needs 256 (C5 8x8),
     # SSD300's valid 3x3 extra layers 300; the others shrink
-    size = {"toyssd": 64, "ssdlite": 96}.get(kind, load_config(kind).train.image_size[0])
+    size = {"toyssd": 64, "ssdlite": 96}.get(kind, load_config(kind).input.size[0])
     overrides = [f"data.path={digits}", f"output={tmp_path}", "model.pretrained=none", "model.dropout=0.0",
                  f"train.image_size=[{size}, {size}]", "train.batch_size=4", "model.frozen_bn=false",
                  "train.augment=none", "train.precompute=false"]  # fmt: skip
@@ -407,7 +408,7 @@ def test_grid_shapes_train_and_come_back_with_the_checkpoint(digits, tmp_path):
     is rebuilt by ``multibox.load`` with the same anchors and head (the checkpoint's config carries them)."""
     from multibox import load
     from multibox.anchors import grid_anchors, grid_ratios
-    from multibox.engine.train import train
+    from multibox.engine import train
 
     overrides = [f"data.path={digits}", f"output={tmp_path}", "model.pretrained=none", "train.batch_size=4",
                  "train.epochs=1", "train.max_steps=2", "model.grid_zooms=[0.5, 0.9]",

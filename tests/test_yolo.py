@@ -13,7 +13,8 @@ from multibox.config import config_from_dict, load_config
 from multibox.criterion import YOLOCriterion
 from multibox.data import load_dataset
 from multibox.data.transforms import mosaic
-from multibox.engine.train import Trainer, build_criterion, build_model
+from multibox.engine import Trainer
+from multibox.kinds import build_criterion, build_model
 from multibox.matching import NEGATIVE, match_yolo
 from multibox.models import YOLOv3
 from multibox.postprocess import postprocess
@@ -226,9 +227,9 @@ def test_preset_trains_and_its_anchors_are_fitted_and_kept(digits, tmp_path):
     overrides = [f"data.path={digits}", f"output={tmp_path}", "model.pretrained=none", "train.image_size=[64, 64]",
                  "train.batch_size=4", "model.frozen_bn=false", "train.augment=none"]  # fmt: skip
     config = load_config("yolov3", overrides)
-    assert config.model.yolo_anchors == ()
+    assert config.model.yolo.anchors == ()
     run = Trainer(config)
-    assert len(config.model.yolo_anchors) == 9  # fitted from the boxes, saved with the run's config
+    assert len(config.model.yolo.anchors) == 9  # fitted from the boxes, saved with the run's config
     rebuilt = build_model(config_from_dict(config.to_dict()).model, 10, image_size=(64, 64))
     assert torch.equal(rebuilt.anchors(), run.model.anchors())
     assert isinstance(build_criterion(config, run.model), YOLOCriterion)
@@ -238,7 +239,7 @@ def test_preset_trains_and_its_anchors_are_fitted_and_kept(digits, tmp_path):
 
 def test_a_trained_yolov3_loads_with_its_fitted_anchors_and_predicts(digits, tmp_path):
     from multibox import load
-    from multibox.engine.train import train
+    from multibox.engine import train
 
     overrides = [f"data.path={digits}", f"output={tmp_path}", "model.pretrained=none", "train.image_size=[64, 64]",
                  "train.batch_size=4", "train.epochs=1", "train.warmup_steps=1"]  # fmt: skip
@@ -246,7 +247,7 @@ def test_a_trained_yolov3_loads_with_its_fitted_anchors_and_predicts(digits, tmp
     metrics = train(config, progress=False)
     assert 0 <= metrics["AP50"] <= 1
     saved = load_config(tmp_path / "config.yaml")
-    assert len(saved.model.yolo_anchors) == 9 and saved.model.yolo_anchors == config.model.yolo_anchors
+    assert len(saved.model.yolo.anchors) == 9 and saved.model.yolo.anchors == config.model.yolo.anchors
     detector = load(tmp_path / "best.pt")
     image = next((digits / "JPEGImages").glob("val_*.jpg"))
     found = detector.predict(image, conf=0.0)

@@ -9,20 +9,17 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..config import IMAGENET_MEAN, IMAGENET_STD
 from .io import read_image
+from .preprocess import Preprocess
 from .records import DetectionSet, Record
 from .transforms import Augment, build_transform, mosaic
 
 __all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "DetectionDataset",
     "denormalize",
     "detection_collate",
 ]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class DetectionDataset(Dataset):
@@ -59,9 +56,7 @@ class DetectionDataset(Dataset):
         self.augment = augment if augment is not None else Augment()
         self.train = train
         self.transform = build_transform(self.augment, train)
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1) * 255
-        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1) * 255
-        self.inv_std = 1 / self.std
+        self.preprocess = Preprocess(self.augment.size, self.augment.resize, tuple(mean), tuple(std))
         self.seed = seed
         self.epoch = 0
 
@@ -93,10 +88,8 @@ class DetectionDataset(Dataset):
         else:
             sample = self.load(index)
         image, boxes, labels = self.transform(sample, rng)
-        # channels first while still uint8 (a quarter of the bytes), then normalise in place
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).contiguous().float()
         record = self.records[index]
-        return tensor.sub_(self.mean).mul_(self.inv_std), {
+        return self.preprocess.normalize(image), {
             "boxes": torch.from_numpy(np.asarray(boxes, np.float32)).reshape(-1, 4),
             "labels": torch.from_numpy(np.asarray(labels, np.int64)).reshape(-1),
             "image_index": torch.tensor(index),
@@ -106,7 +99,7 @@ class DetectionDataset(Dataset):
 
     def denormalize(self, images: Tensor) -> Tensor:
         """Undo the normalisation: ``[..., 3, H, W]`` -> ``uint8`` in ``0..255``."""
-        return denormalize(images, self.mean / 255, self.std / 255)
+        return denormalize(images, self.preprocess.mean, self.preprocess.std)
 
 
 def denormalize(

@@ -260,7 +260,7 @@ class Augment:
         if not 0 <= self.hflip <= 1:
             raise ValueError(f"hflip is a probability in [0, 1], got {self.hflip}")
         if self.preset not in AUGMENTATIONS:
-            raise ValueError(f"train.augment must be one of {AUGMENTATIONS}, got {self.preset!r}")
+            raise ValueError(f"the augmentation preset (train.augment) is one of {AUGMENTATIONS}, not {self.preset!r}")
         if self.resize not in RESIZE_MODES:
             raise ValueError(f"resize must be one of {RESIZE_MODES}, got {self.resize!r}")
         if self.preset == "mosaic" and self.size[0] != self.size[1]:

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..config import Config
 from ..data.io import atomic_write_bytes, atomic_write_text
-from .train import Trainer
+from .trainer import Trainer
 
 __all__ = ["LRFinderResult", "lr_find"]
 

@@ -1,9 +1,10 @@
 """Models: backbones, the feature pyramid, heads, RetinaNet, the single-object networks, the SSD family, YOLOv3."""
 
 from .backbones import BACKBONES, build_backbone
-from .detectors import AnchorConfig, RetinaNet
+from .detectors import DenseDetector
 from .heads import RetinaNetHead
 from .necks import FeatureExtractor, retinanet_fpn
+from .retinanet import AnchorConfig, RetinaNet, build_retinanet
 from .single import SINGLE_TASKS, SingleObjectNet, SingleOutput
 from .ssd import SSD_KINDS, GridSSD, MobileNetSSD, ToySSD
 from .yolo import YOLOv3
@@ -13,6 +14,7 @@ __all__ = [
     "SINGLE_TASKS",
     "SSD_KINDS",
     "AnchorConfig",
+    "DenseDetector",
     "FeatureExtractor",
     "GridSSD",
     "MobileNetSSD",
@@ -23,5 +25,6 @@ __all__ = [
     "ToySSD",
     "YOLOv3",
     "build_backbone",
+    "build_retinanet",
     "retinanet_fpn",
 ]

@@ -114,6 +114,7 @@ class RetinaNetHead(nn.Module):
         separable_predictor: bool = False,
     ):
         super().__init__()
+        self.num_classes = num_classes
         branch = partial(_Branch, in_channels, num_anchors=num_anchors, num_convs=num_convs, group_norm=group_norm)
         self.classification_head = branch(num_classes, out_name="cls_logits", separable=separable,
                                           separable_predictor=separable_predictor)  # fmt: skip

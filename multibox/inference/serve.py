@@ -78,7 +78,7 @@ def create_app(predictor: Predictor, limits: Limits | None = None):
     limits = limits or Limits()
     lock = threading.Lock()
     app = FastAPI(title="multibox", summary="object detection", version="1")
-    page = resources.files("multibox").joinpath("static/index.html").read_text()
+    page = resources.files("multibox.inference").joinpath("static/index.html").read_text()
 
     def infer(pixels: np.ndarray, conf: float | None) -> dict:
         with lock:

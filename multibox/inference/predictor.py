@@ -1,23 +1,22 @@
-"""``multibox.load(checkpoint).predict(image)``: a trained detector as one object."""
+"""A trained detector as one object: ``Predictor.predict(image)``."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .config import Config, config_from_dict
-from .data.dataset import DetectionDataset, detection_collate
-from .data.io import read_image
-from .data.records import DetectionSet
-from .data.transforms import Augment, boxes_to_original
-from .engine.checkpoint import load_checkpoint
-from .engine.train import build_model, detect_settings
-from .structures import Detections
+from ..config import Config
+from ..data.dataset import detection_collate
+from ..data.io import read_image
+from ..data.preprocess import Preprocess
+from ..structures import Detections
+from .tiling import merge_tiles, tile_windows
 
-__all__ = ["Predictor", "load"]
+__all__ = ["ImageLike", "Predictor"]
 
 ImageLike = str | Path | np.ndarray
 
@@ -26,22 +25,20 @@ class Predictor:
     """A trained model with its class names and the settings it was trained with.
 
     Args:
-        model: the network.
-        config: the run's configuration (input size, resize mode, post-processing).
+        model: the network (a ``torch.nn.Module`` with ``detect``, or an exported graph's runtime).
+        config: the run's configuration: its ``input`` section is the input contract
+            (:class:`~multibox.data.preprocess.Preprocess`), ``detect`` the post-processing.
         class_names: names of classes ``0..C-1``.
-        device: where to run.
+        device: where to run (default: the GPU where there is one).
     """
 
     def __init__(self, model: torch.nn.Module, config: Config, class_names: Sequence[str], device: str | None = None):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.config = config
+        self.preprocess = Preprocess.of(config.input)
         self.memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format).eval()
         self.class_names = list(class_names)
-        t = config.train
-        self._dataset = DetectionDataset(
-            DetectionSet([], self.class_names), Augment("none", tuple(t.image_size), t.resize), train=False
-        )
 
     @torch.no_grad()
     def predict(
@@ -57,26 +54,23 @@ class Predictor:
         """Detect objects in one image (a path or an RGB ``uint8 [H, W, 3]`` array) or a list of them.
 
         With ``tile``, an image is cut into overlapping ``tile x tile`` windows
-        (:func:`~multibox.tiling.tile_windows`, ``overlap`` a fraction of a tile), each detected
-        as an image of its own, ``batch_size`` at a time, and the boxes merged back
-        (:func:`~multibox.tiling.merge_tiles`): for images much larger than the network's input,
-        whose objects would shrink below what it can see. ``max_det`` then applies per tile.
+        (:func:`~multibox.inference.tiling.tile_windows`, ``overlap`` a fraction of a tile), each
+        detected as an image of its own, ``batch_size`` at a time, and the boxes merged back
+        (:func:`~multibox.inference.tiling.merge_tiles`): for images much larger than the
+        network's input, whose objects would shrink below what it can see. ``max_det`` then
+        applies per tile.
 
         Returns :class:`Detections` with boxes in pixels of each original image, scores, labels
         and ``names``; a list for a list input.
         """
-        from .tiling import merge_tiles, tile_windows
-
         single = isinstance(source, str | Path | np.ndarray)
         images = [source] if single else list(source)
-        settings = detect_settings(self.config.train)
+        settings = asdict(self.config.detect)
         asked = {"score_thresh": conf, "nms_iou": iou, "max_det": max_det}
         settings.update({k: v for k, v in asked.items() if v is not None})
         results = []
         for image in images:
             pixels = read_image(Path(image)) if isinstance(image, str | Path) else np.asarray(image)
-            if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
-                raise ValueError(f"an image array must be RGB uint8 [H, W, 3], got {pixels.dtype} {pixels.shape}")
             if tile is None:
                 (det,) = self._detect_crops([pixels], settings)
             else:
@@ -91,36 +85,17 @@ class Predictor:
 
     def prepare(self, pixels: np.ndarray) -> torch.Tensor:
         """The network input ``[1, 3, H, W]`` (resized, normalised) of an RGB ``uint8`` image."""
-        sample = self._dataset.transform(
-            (pixels, np.zeros((0, 4), np.float32), np.zeros(0, np.int64)), np.random.default_rng(0)
-        )
-        tensor = torch.from_numpy(np.ascontiguousarray(sample[0])).permute(2, 0, 1).contiguous().float()
-        return tensor.sub_(self._dataset.mean).mul_(self._dataset.inv_std)[None]
+        return self.preprocess(pixels)[None]
 
     def _detect_crops(self, crops: Sequence[np.ndarray], settings: dict) -> list[Detections]:
         """Detections of a batch of RGB images, boxes in each image's pixels."""
-        tensors = [self.prepare(crop) for crop in crops]
-        batch, _ = detection_collate([(t[0], None) for t in tensors])  # padded where sizes differ
+        tensors = [self.preprocess(crop) for crop in crops]
+        batch, _ = detection_collate([(t, None) for t in tensors])  # padded where sizes differ
         batch = batch.to(self.device).contiguous(memory_format=self.memory_format)
         found = self.model.detect(self.model(batch), tuple(batch.shape[-2:]), **settings)
         results = []
         for det, crop, tensor in zip(found, crops, tensors, strict=True):
             det = det.to("cpu")
-            det.boxes = boxes_to_original(det.boxes, crop.shape[:2], tuple(tensor.shape[-2:]), self.config.train.resize)
+            det.boxes = self.preprocess.to_original(det.boxes, crop.shape[:2], tuple(tensor.shape[-2:]))
             results.append(det)
         return results
-
-
-def load(checkpoint: str | Path, device: str | None = None) -> Predictor:
-    """A :class:`Predictor` from a training checkpoint (``best.pt`` or ``last.pt``; never runs code
-    from it), or from an ONNX file of ``multibox export`` (an :class:`~multibox.export.OnnxPredictor`,
-    on onnxruntime's CPU provider)."""
-    if Path(checkpoint).suffix.lower() == ".onnx":
-        from .export import OnnxPredictor
-
-        return OnnxPredictor(checkpoint)
-    saved = load_checkpoint(checkpoint)
-    config = config_from_dict(saved["config"], f"{checkpoint} (its configuration)")
-    model = build_model(config.model, len(saved["class_names"]), "none", config.train.image_size)
-    model.load_state_dict(saved["ema"]["module"] if saved.get("ema") else saved["model"])  # averaged weights first
-    return Predictor(model, config, saved["class_names"], device)

@@ -1,0 +1,342 @@
+"""The model kinds: one entry per kind, and everything else asks this table.
+
+An entry (:class:`Kind`) says how to build the network from the configuration, its training
+criterion, the metric that picks ``best.pt``, how it is evaluated, what it fits from the
+training data before training, and its anchor doctor. The trainer, evaluation, the predictor,
+export, the anchor doctor and the CLI look a kind up in :data:`KINDS`; none of them branches on
+the kind's name. Adding a kind is a model file plus an entry (docs/ARCHITECTURE.md has a worked
+example).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+
+from torch import nn
+
+from .anchor_doctor import (
+    Coverage,
+    FixedAnchors,
+    anchor_coverage,
+    fit_grid_shapes,
+    fit_ssd_scales,
+    fit_yolo_anchors,
+    suggest_anchors,
+)
+from .anchors import grid_ratios
+from .config import Config, LossConfig, ModelConfig
+from .criterion import RetinaNetCriterion, SingleObjectCriterion, SSDCriterion, YOLOCriterion
+from .data.records import DetectionSet
+from .models import (
+    AnchorConfig,
+    GridSSD,
+    MobileNetSSD,
+    RetinaNet,
+    SingleObjectNet,
+    ToySSD,
+    YOLOv3,
+    build_retinanet,
+)
+from .models.backbones import freeze_leading_blocks
+
+__all__ = ["KINDS", "Diagnosis", "Kind", "build_criterion", "build_model", "kind_of"]
+
+Size = tuple[int, int]
+# (coverage of the configured anchors, coverage of fitted ones, the overrides that use them)
+Diagnosis = tuple[Coverage, Coverage, str]
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of network.
+
+    Attributes:
+        name: ``model.kind``.
+        section: the section of ``model`` its settings are read from (besides ``backbone``).
+        build: ``(model config, classes, input size, pretrained) -> network``.
+        criterion: ``(loss config, network) -> criterion``.
+        metric: the validation metric that picks ``best.pt``.
+        evaluation: ``"coco"`` (COCO AP of the detections), ``"single"`` (the single-object
+            metrics) or ``"multilabel"`` (mAP and F1 of the class scores).
+        activation: how its class logits become scores (:func:`multibox.postprocess.class_scores`);
+            None: not a detector with anchors (no per-anchor post-processing, no ONNX export).
+        fit: what it fits from the training data before training, in place in the config;
+            returns a line to print (or None).
+        doctor: its anchor doctor ``(config, dataset, input size) -> Diagnosis``.
+    """
+
+    name: str
+    section: str
+    build: Callable[[ModelConfig, int, Size, str], nn.Module]
+    criterion: Callable[[LossConfig, nn.Module], Callable]
+    metric: str = "AP"
+    evaluation: str = "coco"
+    activation: str | None = None
+    fit: Callable[[Config, DetectionSet], str | None] | None = None
+    doctor: Callable[[Config, DetectionSet, Size], Diagnosis] | None = None
+
+    @property
+    def dense(self) -> bool:
+        """A detector with anchors: per-anchor outputs, post-processing, ONNX export."""
+        return self.activation is not None
+
+
+def _backbone(model: ModelConfig, pretrained: str) -> dict:
+    b = model.backbone
+    return {"backbone": b.name, "pretrained": pretrained, "frozen_bn": b.frozen_bn,
+            "trainable_stages": b.trainable_stages}  # fmt: skip
+
+
+# --- building ----------------------------------------------------------------------------------
+
+
+def _retinanet(model: ModelConfig, classes: int, size: Size, pretrained: str) -> nn.Module:
+    r = model.retinanet
+    anchors = AnchorConfig(r.anchor_strides, r.anchor_sizes, r.anchor_scales, r.anchor_ratios)
+    return build_retinanet(
+        classes, **_backbone(model, pretrained), fpn_channels=r.fpn_channels, head_convs=r.head_convs,
+        group_norm=r.group_norm, anchors=anchors, p6_from=r.p6_from, separable_head=r.separable_head,
+        separable_predictors=r.separable_predictors, separable_fpn=r.separable_fpn,
+    )  # fmt: skip
+
+
+def _single(model: ModelConfig, classes: int, size: Size, pretrained: str) -> nn.Module:
+    s = model.single
+    backbone = _backbone(model, pretrained)
+    return SingleObjectNet(classes, model.kind, size, **backbone, hidden=s.hidden, dropout=s.dropout)
+
+
+# ssd_grid: the course's first SSD, one 4x4 grid with one square anchor a cell
+_ONE_GRID = {"grids": 1, "zooms": (1.0,), "ratios": ((1.0, 1.0),)}
+
+
+def _grid(model: ModelConfig, classes: int, size: Size, pretrained: str, shapes: dict | None = None) -> nn.Module:
+    g = model.grid
+    shapes = dict(shapes or {})
+    if g.zooms:
+        shapes["zooms"] = tuple(g.zooms)
+    if g.ratios:
+        shapes["ratios"] = grid_ratios(g.ratios)
+    return GridSSD(
+        classes, size, **shapes, **_backbone(model, pretrained), channels=g.width, dropout=g.dropout,
+        grid_from=g.source, align=g.align,
+    )  # fmt: skip
+
+
+def _toyssd(model: ModelConfig, classes: int, size: Size, pretrained: str) -> nn.Module:
+    return ToySSD(classes, size, model.ssd.scales)  # from scratch: no backbone
+
+
+def _mobilenet_ssd(model: ModelConfig, classes: int, size: Size, pretrained: str, lite: bool = False) -> nn.Module:
+    return MobileNetSSD(classes, size, lite, **_backbone(model, pretrained), scales=model.ssd.scales)
+
+
+def _yolo(model: ModelConfig, classes: int, size: Size, pretrained: str) -> nn.Module:
+    y = model.yolo
+    return YOLOv3(classes, size, y.anchors, **_backbone(model, pretrained), width=y.width, spp=y.spp)
+
+
+# --- criteria ----------------------------------------------------------------------------------
+
+
+def _no_soft_targets(loss: LossConfig, kind: str) -> None:
+    if loss.soft_targets:
+        raise ValueError(f"loss.soft_targets is for the SSD family's bce class loss; {kind} has no such option")
+
+
+def _retinanet_criterion(loss: LossConfig, model: nn.Module) -> Callable:
+    _no_soft_targets(loss, "retinanet")
+    if loss.cls != "focal":
+        raise ValueError(f"RetinaNet trains with the sigmoid focal loss (loss.cls=focal), not {loss.cls!r}")
+    return RetinaNetCriterion(
+        pos_iou=loss.pos_iou, neg_iou=loss.neg_iou, alpha=loss.focal_alpha, gamma=loss.focal_gamma,
+        box_loss=loss.box, box_weight=loss.box_weight,
+    )  # fmt: skip
+
+
+def _single_criterion(loss: LossConfig, model: nn.Module) -> Callable:
+    _no_soft_targets(loss, model.task)
+    return SingleObjectCriterion(model.task, loss.cls_weight)
+
+
+def _ssd_criterion(loss: LossConfig, model: nn.Module) -> Callable:
+    sigmoid = model.activation == "sigmoid"
+    if sigmoid != (loss.cls in ("bce", "focal")):
+        fits = "bce or focal" if sigmoid else "softmax or softmax_focal"
+        name = type(model).__name__
+        raise ValueError(f"{name} has a {model.activation} head: loss.cls must be {fits}, not {loss.cls!r}")
+    return SSDCriterion(
+        model.coder, loss.pos_iou, loss.cls, loss.box, loss.focal_alpha, loss.focal_gamma, loss.neg_pos_ratio,
+        loss.box_weight, soft_targets=loss.soft_targets,
+    )  # fmt: skip
+
+
+def _yolo_criterion(loss: LossConfig, model: nn.Module) -> Callable:
+    _no_soft_targets(loss, "yolov3")
+    return YOLOCriterion(
+        model.coder, model.level_sizes(), box_loss=loss.box, box_weight=loss.box_weight,
+        obj_weight=loss.obj_weight, cls_weight=loss.cls_weight,
+    )  # fmt: skip
+
+
+# --- fitted from the data ----------------------------------------------------------------------
+
+
+def _fit_yolo_anchors(config: Config, data: DetectionSet) -> str | None:
+    if config.model.yolo.anchors:
+        return None
+    config.model.yolo.anchors = fit_yolo_anchors(data, config.input.size, config.input.resize)
+    return f"yolov3 anchors (k-means on the training boxes): {[list(s) for s in config.model.yolo.anchors]}"
+
+
+# --- anchor doctors ----------------------------------------------------------------------------
+
+
+def _measure(config: Config, data: DetectionSet, size: Size, anchors, second: float | None = None) -> Coverage:
+    """Coverage at ``loss.pos_iou`` and at ``second``: the background threshold of a two-threshold
+    matcher (RetinaNet; YOLOv3, which assigns by shape, is shown at the same 0.5 and 0.4); for
+    the SSD family, whose matcher has one threshold (None), the usual 0.5, or 0.4 beside 0.5."""
+    pos = config.loss.pos_iou
+    second = second if second is not None else (0.4 if pos == 0.5 else 0.5)
+    return anchor_coverage(data, anchors, size, config.input.resize, pos, second)
+
+
+def _fixed(model: ModelConfig, size: Size, description: str) -> FixedAnchors:
+    boxes = build_model(model, 1, "none", size).anchors()
+    return FixedAnchors(boxes, size, f"{len(boxes)} {model.kind} anchors at {size[0]}x{size[1]}, {description}")
+
+
+def _listed(key: str, values: Sequence) -> str:
+    return f"{key}=[{', '.join(f'{v:g}' for v in values)}]"
+
+
+def _retinanet_doctor(config: Config, data: DetectionSet, size: Size) -> Diagnosis:
+    r = config.model.retinanet
+    current = AnchorConfig(tuple(r.anchor_strides), tuple(r.anchor_sizes), tuple(r.anchor_scales),
+                           tuple(r.anchor_ratios))  # fmt: skip
+    fitted = suggest_anchors(data, current, size, config.input.resize, config.loss.pos_iou)
+    overrides = _listed("model.retinanet.anchor_sizes", fitted.sizes) + " "
+    overrides += _listed("model.retinanet.anchor_ratios", fitted.ratios)
+    neg = config.loss.neg_iou
+    return _measure(config, data, size, current, neg), _measure(config, data, size, fitted, neg), overrides
+
+
+def _yolo_doctor(config: Config, data: DetectionSet, size: Size) -> Diagnosis:
+    m = config.model
+    given = "model.yolo.anchors" if m.yolo.anchors else "YOLOv3's COCO shapes scaled (training fits its own)"
+    shapes = fit_yolo_anchors(data, size, config.input.resize)
+    fitted = dataclasses.replace(m, yolo=dataclasses.replace(m.yolo, anchors=shapes))
+    overrides = "model.yolo.anchors=[" + ", ".join(f"[{w:g}, {h:g}]" for w, h in shapes) + "]"
+    neg = config.loss.neg_iou
+    current = _measure(config, data, size, _fixed(m, size, given), neg)
+    return current, _measure(config, data, size, _fixed(fitted, size, "k-means shapes"), neg), overrides
+
+
+def _with_grid(model: ModelConfig, zooms, ratios) -> ModelConfig:
+    return dataclasses.replace(model, grid=dataclasses.replace(model.grid, zooms=tuple(zooms), ratios=tuple(ratios)))
+
+
+def _grid_doctor(config: Config, data: DetectionSet, size: Size) -> Diagnosis:
+    m = config.model
+    network = build_model(m, 1, "none", size)
+    ratios = [h / w for h, w in network.ratios]
+    current = _measure(config, data, size, _fixed(m, size, f"zooms {list(network.zooms)}, ratios "
+                                                           f"{[round(r, 2) for r in ratios]}"))  # fmt: skip
+
+    def anchors_for(zooms, ratios):
+        return build_model(_with_grid(m, zooms, ratios), 1, "none", size).anchors()
+
+    zooms, ratios = fit_grid_shapes(data, anchors_for, network.grids, network.zooms, ratios, size,
+                                    config.input.resize, config.loss.pos_iou)  # fmt: skip
+    fitted = _fixed(_with_grid(m, zooms, ratios), size, f"fitted zooms {list(zooms)}, ratios {list(ratios)}")
+    overrides = _listed("model.grid.zooms", zooms) + " " + _listed("model.grid.ratios", ratios)
+    return current, _measure(config, data, size, fitted), overrides
+
+
+def _ssd_doctor(config: Config, data: DetectionSet, size: Size) -> Diagnosis:
+    m = config.model
+
+    def with_scales(scales) -> ModelConfig:
+        return dataclasses.replace(m, ssd=dataclasses.replace(m.ssd, scales=tuple(scales)))
+
+    described = f"scales {list(m.ssd.scales)}" if m.ssd.scales else "the preset's geometry"
+    current = _measure(config, data, size, _fixed(m, size, described))
+    levels = len(build_model(m, 1, "none", size).level_sizes())
+    scales = fit_ssd_scales(data, lambda s: build_model(with_scales(s), 1, "none", size).anchors(), levels, size,
+                            config.input.resize, config.loss.pos_iou)  # fmt: skip
+    fitted = _fixed(with_scales(scales), size, f"fitted scales {list(scales)}")
+    return current, _measure(config, data, size, fitted), _listed("model.ssd.scales", scales)
+
+
+# --- the table ---------------------------------------------------------------------------------
+
+
+def _single_kind(name: str, metric: str, evaluation: str = "single") -> Kind:
+    return Kind(name, "single", _single, _single_criterion, metric, evaluation)
+
+
+def _grid_kind(name: str, build: Callable) -> Kind:
+    return Kind(name, "grid", build, _ssd_criterion, activation=GridSSD.activation, doctor=_grid_doctor)
+
+
+def _ssd_kind(name: str, build: Callable, network: type) -> Kind:
+    return Kind(name, "ssd", build, _ssd_criterion, activation=network.activation, doctor=_ssd_doctor)
+
+
+KINDS: dict[str, Kind] = {
+    "retinanet": Kind(
+        "retinanet",
+        "retinanet",
+        _retinanet,
+        _retinanet_criterion,
+        activation=RetinaNet.activation,
+        doctor=_retinanet_doctor,
+    ),
+    "largest_cls": _single_kind("largest_cls", "accuracy"),
+    "largest_box": _single_kind("largest_box", "IoU"),
+    "single_object": _single_kind("single_object", "AP"),
+    "multilabel": _single_kind("multilabel", "mAP", "multilabel"),
+    "ssd_grid": _grid_kind("ssd_grid", partial(_grid, shapes=_ONE_GRID)),
+    "ssd_multihead": _grid_kind("ssd_multihead", _grid),
+    "toyssd": _ssd_kind("toyssd", _toyssd, ToySSD),
+    "ssd300": _ssd_kind("ssd300", _mobilenet_ssd, MobileNetSSD),
+    "ssdlite": _ssd_kind("ssdlite", partial(_mobilenet_ssd, lite=True), MobileNetSSD),
+    "yolov3": Kind(
+        "yolov3",
+        "yolo",
+        _yolo,
+        _yolo_criterion,
+        activation=YOLOv3.activation,
+        fit=_fit_yolo_anchors,
+        doctor=_yolo_doctor,
+    ),
+}
+
+
+def kind_of(config: ModelConfig | Config) -> Kind:
+    """The :class:`Kind` of a configuration's ``model.kind``, or an error listing the kinds."""
+    name = (config.model if isinstance(config, Config) else config).kind
+    if name not in KINDS:
+        raise ValueError(f"model.kind must be one of {tuple(KINDS)}, got {name!r}")
+    return KINDS[name]
+
+
+def build_model(
+    config: ModelConfig, num_classes: int, pretrained: str | None = None, image_size: Sequence[int] = (512, 512)
+) -> nn.Module:
+    """The network a :class:`ModelConfig` describes for inputs of ``image_size`` (the networks
+    built for one input size, the single-object heads and the SSD family, need it), with
+    ``config.backbone.frozen_blocks`` MobileNetV2 blocks frozen (see :func:`freeze_leading_blocks`)."""
+    size = (int(image_size[0]), int(image_size[1]))
+    model = kind_of(config).build(config, num_classes, size, pretrained or config.backbone.pretrained)
+    frozen = config.backbone.frozen_blocks
+    return freeze_leading_blocks(model, frozen) if frozen else model
+
+
+def build_criterion(config: Config, model: nn.Module) -> Callable:
+    """The training loss of ``config.model.kind``: ``criterion(output, anchors, targets)`` for the
+    detectors with anchors, ``criterion(output, targets)`` for the single-object steps."""
+    return kind_of(config).criterion(config.loss, model)
