@@ -8,8 +8,7 @@ from conftest import assert_same_detections
 from multibox.coding import DeltaCoder
 from multibox.config import config_from_dict
 from multibox.kinds import build_model
-from multibox.models import AnchorConfig, build_backbone
-from multibox.models import build_retinanet
+from multibox.models import AnchorConfig, build_backbone, build_retinanet
 from multibox.models.backbones import offline_mobilenet_v2_weights
 from multibox.postprocess import postprocess
 
