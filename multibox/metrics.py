@@ -173,31 +173,36 @@ def voc_map(
             ap.append(float("nan"))
             continue
         entries.sort(key=lambda e: -e[0])
-        used = [np.zeros(int((lab == c).sum()), bool) for lab in gt_labels]
-        tp, fp = np.zeros(len(entries)), np.zeros(len(entries))
-        for n, (_, i, box) in enumerate(entries):
-            mine = gt_labels[i] == c
-            candidates = gt_boxes[i][mine]
-            if len(candidates) == 0:
-                fp[n] = 1
-                continue
-            overlaps = box_iou_numpy(box, candidates)
-            best = int(overlaps.argmax())
-            if overlaps[best] > iou:
-                if gt_difficult[i][mine][best]:
-                    continue
-                if not used[i][best]:
-                    tp[n], used[i][best] = 1, True
-                else:
-                    fp[n] = 1
-            else:
-                fp[n] = 1
+        tp, fp = _voc_outcomes(entries, c, gt_boxes, gt_labels, gt_difficult, iou)
         tp, fp = np.cumsum(tp), np.cumsum(fp)
         recall = tp / npos
         precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
         ap.append(voc_ap(recall, precision, method) if len(entries) else 0.0)
     valid = [a for a in ap if not np.isnan(a)]
     return {"mAP": float(np.mean(valid)) if valid else float("nan"), "AP": ap}
+
+
+def _voc_outcomes(entries: list, c: int, gt_boxes: list, gt_labels: list, gt_difficult: list, iou: float):
+    """True and false positive flags of class ``c``'s ranked detections ``entries`` (score, image,
+    box): each takes the best unused ground truth above ``iou``; one on a difficult object is neither."""
+    used = [np.zeros(int((lab == c).sum()), bool) for lab in gt_labels]
+    tp, fp = np.zeros(len(entries)), np.zeros(len(entries))
+    for n, (_, i, box) in enumerate(entries):
+        mine = gt_labels[i] == c
+        candidates = gt_boxes[i][mine]
+        if len(candidates) == 0:
+            fp[n] = 1
+            continue
+        overlaps = box_iou_numpy(box, candidates)
+        best = int(overlaps.argmax())
+        if overlaps[best] <= iou:
+            fp[n] = 1
+        elif not gt_difficult[i][mine][best]:
+            if used[i][best]:
+                fp[n] = 1
+            else:
+                tp[n], used[i][best] = 1, True
+    return tp, fp
 
 
 def single_object_metrics(detections: Sequence, targets: Sequence, num_classes: int, task: str) -> dict:

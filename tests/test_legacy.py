@@ -12,8 +12,8 @@ import torch
 from conftest import assert_same_detections
 
 from multibox import load
-from multibox.config import config_from_dict
-from multibox.kinds import build_model
+from multibox.config import config_from_dict, load_config
+from multibox.kinds import build_model, kind_of
 from multibox.structures import Detections
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -42,3 +42,13 @@ def test_legacy_configurations_build_the_same_networks(name):
     config = config_from_dict(LEGACY[name]["config"], f"legacy {name}")
     model = build_model(config.model, 3, "none", image_size=config.input.size)
     assert _digest(model) == LEGACY[name]["state_dict"]
+    # the preset as the flat layout stored it is today's preset, family by family
+    today, legacy = load_config(name).to_dict(), config.to_dict()
+    section = kind_of(config).section
+    for key in ("data", "input", "loss", "train", "detect", "output"):
+        assert legacy[key] == today[key], key
+    for key in ("kind", "backbone", section):
+        assert legacy["model"][key] == today["model"][key], key
+    flat = LEGACY[name]["config"]
+    assert list(config.input.size) == flat["train"]["image_size"]
+    assert config.detect.score_thresh == flat["train"]["score_thresh"] and config.loss.cls == flat["train"]["cls_loss"]

@@ -85,21 +85,7 @@ def create_app(predictor: Predictor, limits: Limits | None = None):
             started = time.perf_counter()
             found = predictor.predict(pixels, conf=conf)
             elapsed = time.perf_counter() - started
-        return {
-            "image": {"width": int(pixels.shape[1]), "height": int(pixels.shape[0])},
-            "detections": [
-                {
-                    "box": [round(v, 2) for v in box],
-                    "score": round(score, 4),
-                    "label": label,
-                    "class": found.names[label],
-                }
-                for box, score, label in zip(
-                    found.boxes.tolist(), found.scores.tolist(), found.labels.tolist(), strict=True
-                )
-            ],
-            "inference_ms": round(elapsed * 1e3, 1),
-        }
+        return _answer(pixels, found, elapsed)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> str:
@@ -118,12 +104,7 @@ def create_app(predictor: Predictor, limits: Limits | None = None):
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limits.max_bytes + 4096:
             raise HTTPException(413, f"the upload is {int(declared):,} bytes; the limit is {limits.max_bytes:,}")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limits.max_bytes + 4096:  # multipart framing beside the file
-                raise HTTPException(413, f"the upload is over the limit of {limits.max_bytes:,} bytes")
-        data = bytes(body)
+        data = await _read_body(request, limits)
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
             data = await _multipart_image(request, data)
         if len(data) > limits.max_bytes:
@@ -135,6 +116,30 @@ def create_app(predictor: Predictor, limits: Limits | None = None):
             raise HTTPException(504, f"inference took longer than {limits.timeout:g} s") from None
 
     return app
+
+
+def _answer(pixels: np.ndarray, found, elapsed: float) -> dict:
+    """The JSON answer: the image's size, each detection's box (image pixels), score, label and
+    class name, and the inference time."""
+    rows = zip(found.boxes.tolist(), found.scores.tolist(), found.labels.tolist(), strict=True)
+    return {
+        "image": {"width": int(pixels.shape[1]), "height": int(pixels.shape[0])},
+        "detections": [
+            {"box": [round(v, 2) for v in box], "score": round(score, 4), "label": label, "class": found.names[label]}
+            for box, score, label in rows
+        ],
+        "inference_ms": round(elapsed * 1e3, 1),
+    }
+
+
+async def _read_body(request: Request, limits: Limits) -> bytes:
+    """The request's body, read in chunks and refused (413) as soon as it passes the limit."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limits.max_bytes + 4096:  # multipart framing beside the file
+            raise HTTPException(413, f"the upload is over the limit of {limits.max_bytes:,} bytes")
+    return bytes(body)
 
 
 async def _multipart_image(request: Request, body: bytes) -> bytes:

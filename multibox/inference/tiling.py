@@ -92,20 +92,44 @@ def merge_tiles(
     """
     if len(detections) != len(windows):
         raise ValueError(f"got detections for {len(detections)} tiles and {len(windows)} windows")
-    height, width = int(image_size[0]), int(image_size[1])
+    if sum(len(d) for d in detections) == 0:
+        return Detections.empty()
+    boxes, tiles = _in_image(detections, windows)
+    scores = torch.cat([d.scores.float().cpu() for d in detections])
+    labels = torch.cat([d.labels.cpu() for d in detections])
+    tile_index = torch.cat([torch.full((len(d),), i) for i, d in enumerate(detections)])
+    cut = _cut_sides(boxes, tiles, (int(image_size[0]), int(image_size[1])), margin)  # left, top, right, bottom
+    pairs = _pieces_of_one_object(boxes, labels, tile_index, cut, join_iou, contain)
+    group = _components(pairs)
+    joined = torch.empty((int(group.max()) + 1, 4))
+    joined[:, :2] = torch.full_like(joined[:, :2], math.inf).scatter_reduce(
+        0, group[:, None].expand(-1, 2), boxes[:, :2], "amin"
+    )
+    joined[:, 2:] = torch.full_like(joined[:, 2:], -math.inf).scatter_reduce(
+        0, group[:, None].expand(-1, 2), boxes[:, 2:], "amax"
+    )
+    best = torch.zeros(len(joined)).scatter_reduce(0, group, scores, "amax", include_self=False)
+    joined_labels = torch.zeros(len(joined), dtype=torch.long).scatter(0, group, labels)
+    keep = batched_nms(joined, best, joined_labels, nms_iou)
+    if max_det is not None:
+        keep = keep[:max_det]
+    return Detections(joined[keep], best[keep], joined_labels[keep])
+
+
+def _in_image(detections: Sequence[Detections], windows: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
+    """Every tile's boxes in the image's pixels ``[N, 4]``, and the window each came from ``[N, 4]``."""
     parts, where = [], []
     for det, window in zip(detections, windows, strict=True):
         offset = torch.tensor([window[0], window[1], window[0], window[1]], dtype=torch.float32)
         parts.append(det.boxes.float().cpu() + offset)
         where.append(torch.tensor(window, dtype=torch.float32).expand(len(det), 4))
-    if not parts or sum(len(d) for d in detections) == 0:
-        return Detections.empty()
-    boxes, tiles = torch.cat(parts), torch.cat(where)
-    scores = torch.cat([d.scores.float().cpu() for d in detections])
-    labels = torch.cat([d.labels.cpu() for d in detections])
-    tile_index = torch.cat([torch.full((len(d),), i) for i, d in enumerate(detections)])
+    return torch.cat(parts), torch.cat(where)
 
-    cut = _cut_sides(boxes, tiles, (height, width), margin)  # left, top, right, bottom
+
+def _pieces_of_one_object(
+    boxes: Tensor, labels: Tensor, tile_index: Tensor, cut: Tensor, join_iou: float, contain: float
+) -> Tensor:
+    """``[N, N]``: boxes of one class from different tiles that are pieces of one object."""
     other = (labels[:, None] == labels[None]) & (tile_index[:, None] != tile_index[None])
     x_inter, x_iou = _overlap_1d(boxes[:, 0], boxes[:, 2], boxes[:, 0], boxes[:, 2])
     y_inter, y_iou = _overlap_1d(boxes[:, 1], boxes[:, 3], boxes[:, 1], boxes[:, 3])
@@ -115,9 +139,12 @@ def merge_tiles(
     # a cut piece inside a whole view of the object
     area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=1e-9)
     inside = (x_inter * y_inter) / area[:, None] >= contain
-    pairs = other & (across_x | across_x.T | across_y | across_y.T | (inside & cut.any(dim=1)[:, None]))
+    return other & (across_x | across_x.T | across_y | across_y.T | (inside & cut.any(dim=1)[:, None]))
 
-    parent = list(range(len(boxes)))
+
+def _components(pairs: Tensor) -> Tensor:
+    """Connected components of the graph ``pairs [N, N]``: a component index ``0..G-1`` per node."""
+    parent = list(range(len(pairs)))
 
     def root(i: int) -> int:
         while parent[i] != i:
@@ -129,19 +156,4 @@ def merge_tiles(
         a, b = root(i), root(j)
         if a != b:
             parent[max(a, b)] = min(a, b)
-    groups = torch.tensor([root(i) for i in range(len(boxes))])
-    ids, group = torch.unique(groups, return_inverse=True)
-    joined = torch.empty((len(ids), 4))
-    joined[:, :2] = torch.full((len(ids), 2), math.inf).scatter_reduce(
-        0, group[:, None].expand(-1, 2), boxes[:, :2], "amin"
-    )
-    joined[:, 2:] = torch.full((len(ids), 2), -math.inf).scatter_reduce(
-        0, group[:, None].expand(-1, 2), boxes[:, 2:], "amax"
-    )
-    best = torch.zeros(len(ids)).scatter_reduce(0, group, scores, "amax", include_self=False)
-    joined_labels = torch.zeros(len(ids), dtype=torch.long).scatter(0, group, labels)
-
-    keep = batched_nms(joined, best, joined_labels, nms_iou)
-    if max_det is not None:
-        keep = keep[:max_det]
-    return Detections(joined[keep], best[keep], joined_labels[keep])
+    return torch.unique(torch.tensor([root(i) for i in range(len(parent))]), return_inverse=True)[1]

@@ -49,26 +49,7 @@ def read_coco(json_path: str | Path, image_dir: str | Path | None = None) -> Det
         images[image["id"]] = {"info": image, "boxes": [], "labels": [], "crowd": [], "crowd_labels": [], "sources": []}
 
     for ann in data.get("annotations", []):
-        where = f"{json_path} annotation id {ann.get('id')}"
-        entry = images.get(ann.get("image_id"))
-        if entry is None:
-            problems.append(Problem(where, f"refers to image id {ann.get('image_id')}, which is not in 'images'"))
-            continue
-        if ann.get("category_id") not in class_of:
-            problems.append(Problem(where, f"unknown category id {ann.get('category_id')}; known: {category_ids}"))
-            continue
-        bbox = ann.get("bbox")
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, int | float) for v in bbox)):
-            problems.append(Problem(where, f"bbox must be [x, y, width, height] numbers, got {bbox!r}"))
-            continue
-        x, y, w, h = (float(v) for v in bbox)
-        if ann.get("iscrowd", 0):
-            entry["crowd"].append((x, y, x + w, y + h))
-            entry["crowd_labels"].append(class_of[ann["category_id"]])
-            continue
-        entry["boxes"].append((x, y, x + w, y + h))
-        entry["labels"].append(class_of[ann["category_id"]])
-        entry["sources"].append(where)
+        _add_annotation(ann, images, class_of, f"{json_path} annotation id {ann.get('id')}", problems)
 
     records = [
         Record(
@@ -85,6 +66,30 @@ def read_coco(json_path: str | Path, image_dir: str | Path | None = None) -> Det
         for image_id, e in images.items()
     ]
     return DetectionSet(records, [str(c["name"]) for c in categories], problems, category_ids)
+
+
+def _add_annotation(ann: dict, images: dict, class_of: dict, where: str, problems: list[Problem]) -> None:
+    """One annotation into its image's entry of ``images`` (a crowd one as an ignore region), or
+    a :class:`Problem` naming it."""
+    entry = images.get(ann.get("image_id"))
+    if entry is None:
+        problems.append(Problem(where, f"refers to image id {ann.get('image_id')}, which is not in 'images'"))
+        return
+    if ann.get("category_id") not in class_of:
+        problems.append(Problem(where, f"unknown category id {ann.get('category_id')}; known: {list(class_of)}"))
+        return
+    bbox = ann.get("bbox")
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, int | float) for v in bbox)):
+        problems.append(Problem(where, f"bbox must be [x, y, width, height] numbers, got {bbox!r}"))
+        return
+    x, y, w, h = (float(v) for v in bbox)
+    if ann.get("iscrowd", 0):
+        entry["crowd"].append((x, y, x + w, y + h))
+        entry["crowd_labels"].append(class_of[ann["category_id"]])
+        return
+    entry["boxes"].append((x, y, x + w, y + h))
+    entry["labels"].append(class_of[ann["category_id"]])
+    entry["sources"].append(where)
 
 
 def _category_ids(dataset: DetectionSet) -> list[int]:
