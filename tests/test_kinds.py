@@ -32,7 +32,8 @@ def test_every_kind_trains_comes_back_predicts_and_exports(name, digits, tmp_pat
     size = SIZE.get(name, 64)
     overrides = [f"data.path={digits}", f"output={tmp_path / 'run'}", "data.val_split=",
                  "model.backbone.pretrained=none", f"input.size=[{size}, {size}]", "train.batch_size=2",
-                 "train.epochs=1", "train.max_steps=1", "train.precompute=false", "detect.score_thresh=0.0"]  # fmt: skip
+                 "train.epochs=1", "train.max_steps=1", "train.precompute=false",
+                 "detect.score_thresh=0.0"]  # fmt: skip
     torch.manual_seed(0)
     train(load_config(PRESET[name], overrides), progress=False)
     saved = load_checkpoint(tmp_path / "run" / "last.pt")
