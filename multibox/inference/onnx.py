@@ -66,7 +66,7 @@ class OnnxNetwork(nn.Module):
 
 
 class OnnxPredictor(Predictor):
-    """:class:`~multibox.predictor.Predictor` on onnxruntime, from a file of :func:`export_onnx`
+    """:class:`~multibox.inference.Predictor` on onnxruntime, from a file of :func:`export_onnx`
     (its ``model`` an :class:`OnnxNetwork`); ``predict`` defaults to the settings exported."""
 
     def __init__(self, path: str | Path, providers: Sequence[str] = ("CPUExecutionProvider",)):

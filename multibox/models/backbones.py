@@ -123,8 +123,8 @@ def attach_prefix_cache(model: nn.Module, max_bytes: int = 4 << 30) -> FrozenPre
         blocks += 1
     if blocks == 0:
         raise ValueError(
-            "train.precompute: the backbone has no frozen leading block to cache; freeze some with "
-            "model.frozen_blocks or a lower model.trainable_stages (and model.frozen_bn true)"
+            "train.precompute: the backbone has no frozen leading block to cache; freeze some with model.backbone."
+            "frozen_blocks or a lower model.backbone.trainable_stages (and model.backbone.frozen_bn true)"
         )
     stages[0].cache = FrozenPrefixCache(blocks, max_bytes)
     return stages[0].cache
@@ -322,10 +322,10 @@ def freeze_leading_blocks(model: nn.Module, count: int) -> nn.Module:
     """
     stages = [module for module in model.modules() if isinstance(module, _MobileNetStages)]
     if not stages:
-        raise ValueError("model.frozen_blocks counts MobileNetV2 blocks: use it with backbone mobilenet_v2")
+        raise ValueError("model.backbone.frozen_blocks counts MobileNetV2 blocks: use it with backbone mobilenet_v2")
     blocks = stages[0].features
     if not 0 <= count <= len(blocks):
-        raise ValueError(f"model.frozen_blocks must be 0..{len(blocks)} (MobileNetV2's blocks), got {count}")
+        raise ValueError(f"model.backbone.frozen_blocks must be 0..{len(blocks)} (MobileNetV2's blocks), got {count}")
     for parameter in blocks[:count].parameters():
         parameter.requires_grad_(False)
     return model

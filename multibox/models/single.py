@@ -83,7 +83,7 @@ class SingleObjectNet(nn.Module):
         if tuple(images.shape[-2:]) != self.image_size and self.task in ("largest_box", "single_object"):
             raise ValueError(
                 f"{self.task} flattens the feature map of a {self.image_size[0]}x{self.image_size[1]} input; "
-                f"got {images.shape[-2]}x{images.shape[-1]} (resize with train.resize squish or letterbox)"
+                f"got {images.shape[-2]}x{images.shape[-1]} (resize with input.resize squish or letterbox)"
             )
         c5 = list(self.backbone(images).values())[-1]
         # flatten in (channel, row, column) order whatever the memory format

@@ -34,7 +34,7 @@ _SSD_CODER_WEIGHTS = (1 / SSD_VARIANCES[0],) * 2 + (1 / SSD_VARIANCES[1],) * 2
 def _square_side(image_size: Sequence[int], kind: str) -> int:
     height, width = (int(v) for v in image_size)
     if height != width:
-        raise ValueError(f"{kind} works on square inputs; got image_size {height}x{width} (train.image_size=[S, S])")
+        raise ValueError(f"{kind} works on square inputs; got image_size {height}x{width} (input.size=[S, S])")
     return height
 
 
@@ -62,7 +62,7 @@ class _FixedSizeDetector(DenseDetector):
         if tuple(images.shape[-2:]) != self.image_size:
             raise ValueError(
                 f"{type(self).__name__} was built for {self.image_size[0]}x{self.image_size[1]} inputs (its anchors "
-                f"follow from it); got {images.shape[-2]}x{images.shape[-1]} (train.resize squish or letterbox)"
+                f"follow from it); got {images.shape[-2]}x{images.shape[-1]} (input.resize squish or letterbox)"
             )
 
     def anchors(self, image_size: Sequence[int] | None = None) -> Tensor:

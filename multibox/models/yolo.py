@@ -5,7 +5,7 @@ The output is the :class:`~multibox.structures.DenseOutput` of every dense detec
 detection scores ``sigmoid(objectness) * sigmoid(class)``, post-processing's ``"objectness"``
 activation), and 4 box outputs for :class:`~multibox.coding.YOLOCoder`. Anchors are 3 shapes per
 level at strides 8, 16 and 32, fitted to the training boxes by
-:func:`~multibox.anchors.kmeans_anchors` (the trainer does it when ``model.yolo_anchors`` is
+:func:`~multibox.anchors.kmeans_anchors` (the trainer does it when ``model.yolo.anchors`` is
 empty) or given.
 """
 
