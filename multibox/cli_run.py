@@ -24,6 +24,10 @@ def train(
 ) -> None:
     """Train a detector; outputs (checkpoints, logs, plots, resolved config) go to `output`.
 
+    Without --config or --preset: the `default` recipe, which decides its input size, tiling,
+    anchors, augmentation and schedule from the training data (printed, and kept in config.yaml).
+
+    Example: multibox train data.path=data/my_dataset
     Example: multibox train --config retinanet_r50_fpn data.path=data/voc train.epochs=12
     Example: multibox train --preset single_object data.path=data/digits
     """
@@ -33,7 +37,7 @@ def train(
     if config is not None and preset is not None:
         _fail(ConfigError("give --config or --preset, not both"))
     try:
-        metrics = run(load_config(config or preset, overrides or []), resume=resume)
+        metrics = run(load_config(config or preset or "default", overrides or []), resume=resume)
     except (ConfigError, DataError, ValueError, FloatingPointError, RuntimeError) as error:
         _fail(error)
     if metrics:
@@ -43,7 +47,7 @@ def train(
 
 def lr_find(
     overrides: list[str] = typer.Argument(None, help="section.key=value overrides, e.g. train.batch_size=8"),
-    config: Path | None = typer.Option(None, "--config", help="YAML recipe or preset name"),
+    config: Path | None = typer.Option(None, "--config", help="preset name or YAML recipe (default: default)"),
     out: Path | None = typer.Option(None, help="folder for lr_find.png and lr_find.csv (default: the run's output)"),
     start: float = typer.Option(1e-7, help="first learning rate"),
     end: float = typer.Option(10.0, help="last learning rate"),
@@ -57,7 +61,7 @@ def lr_find(
     from .engine.lr_find import lr_find as run
 
     try:
-        resolved = load_config(config, overrides or [])
+        resolved = load_config(config or "default", overrides or [])
         result = run(resolved, out, start, end, steps)
     except (ConfigError, DataError, ValueError, FloatingPointError, RuntimeError) as error:
         _fail(error)

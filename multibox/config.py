@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 __all__ = [
+    "AUTO_KEYS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "LEGACY_KEYS",
@@ -62,7 +63,8 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     """Where the data is and how it is read (see :func:`multibox.data.load_dataset`); a non-empty
-    ``one_class`` makes every box that one class (class-agnostic detection)."""
+    ``one_class`` makes every box that one class (class-agnostic detection); ``chiral``: the
+    objects' mirror images are not objects of their class (digits, text), so no flips."""
 
     path: str = "data/digits"
     format: str | None = None
@@ -70,18 +72,22 @@ class DataConfig:
     val_split: str = "val"
     policy: str = "error"
     one_class: str = ""
+    chiral: bool = False
 
 
 @dataclass
 class InputConfig:
     """What the network sees (:class:`multibox.data.preprocess.Preprocess`): ``size`` ``(height,
     width)``; ``resize`` ``squish``, ``letterbox`` or ``minmax`` (shorter side to ``min(size)``,
-    longer at most ``max(size)``); pixels normalised by ``mean`` and ``std`` (of 0..1 values)."""
+    longer at most ``max(size)``); pixels normalised by ``mean`` and ``std`` (of 0..1 values);
+    ``tile``: the network sees ``tile x tile`` windows of the image at its own resolution
+    (random ones in training, overlapping ones in evaluation and prediction), 0 the whole image."""
 
-    size: tuple[int, int] = (512, 512)
+    size: tuple[int, int] | None = (512, 512)
     resize: str = "squish"
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
+    tile: int | None = 0
 
 
 @dataclass
@@ -121,9 +127,9 @@ class RetinaNetConfig:
     separable_fpn: bool = False
     p6_from: str = "c5"
     anchor_strides: tuple[int, ...] = (8, 16, 32, 64, 128)
-    anchor_sizes: tuple[float, ...] = (32, 64, 128, 256, 512)
+    anchor_sizes: tuple[float, ...] | None = (32, 64, 128, 256, 512)
     anchor_scales: tuple[float, ...] = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
-    anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    anchor_ratios: tuple[float, ...] | None = (0.5, 1.0, 2.0)
 
 
 @dataclass
@@ -210,12 +216,14 @@ class TrainConfig:
     ``precompute`` (CPU, MobileNetV2, no augmentation): the outputs of the backbone's frozen
     leading blocks (up to C3) are computed once per image and kept in memory (at most 4 GiB),
     as the course's ``precompute=True``; later epochs and evaluations skip those blocks.
+    ``time_budget`` (minutes): with ``epochs: auto``, as many epochs as a few timed steps say fit.
     """
 
-    augment: str = "flip"
+    augment: str | None = "flip"
     rotate: bool = False
-    hflip: float = 0.5
-    epochs: int = 12
+    hflip: float | None = 0.5
+    epochs: int | None = 12
+    time_budget: float = 0.0
     batch_size: int = 8
     workers: int = 0
     optimizer: str = "sgd"
@@ -224,11 +232,11 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     schedule: str = "cosine"
-    warmup_steps: int = 100
+    warmup_steps: int | None = 100
     milestones: tuple[float, ...] = (0.67, 0.89)
     clip_grad: float = 10.0
     max_bad_steps: int = 5
-    eval_every: int = 1
+    eval_every: int | None = 1
     checkpoint_every: int = 0
     seed: int = 0
     deterministic: bool = False
@@ -346,8 +354,18 @@ def _check_key(key: str, known: list[str], where: str) -> None:
         raise ConfigError(f"unknown key '{key}' in {where}{hint}")
 
 
+# Settings a recipe may leave to the data ("auto", None): ``multibox.auto`` decides them from
+# the training split when training starts, and the run's config.yaml holds what it decided
+AUTO_KEYS = frozenset({
+    "input.size", "input.tile", "model.retinanet.anchor_sizes", "model.retinanet.anchor_ratios", "train.augment",
+    "train.hflip", "train.epochs", "train.warmup_steps", "train.eval_every",
+})  # fmt: skip
+
+
 def _coerce(value: Any, default: Any, where: str) -> Any:
     """``value`` in the type of the field's default, or a ConfigError naming the field."""
+    if where in AUTO_KEYS and value in (None, "auto"):
+        return None
     if isinstance(default, tuple):
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{where} must be a list, got {value!r}")
@@ -379,7 +397,13 @@ def _apply(target, data: dict, where: str, prefix: str = "") -> None:
                 raise ConfigError(f"'{name}' in {where} must be a mapping of settings")
             _apply(current, value, where, name)
         else:
-            setattr(target, key, _coerce(value, current, name))
+            setattr(target, key, _coerce(value, _default(target, key), name))
+
+
+def _default(target, key: str) -> Any:
+    """The default of a dataclass field: the type an override must have (the current value may be auto)."""
+    spec = next(f for f in fields(target) if f.name == key)
+    return spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
 
 
 def config_from_dict(data: dict, where: str = "a configuration") -> Config:

@@ -16,8 +16,10 @@ from torch.utils.data import DataLoader, Subset
 
 from .config import Config
 from .data.dataset import DetectionDataset, detection_collate
+from .data.io import read_image
 from .data.preprocess import Preprocess
 from .data.records import DetectionSet
+from .detect import detect_tiled
 from .kinds import kind_of
 from .metrics import coco_map, multilabel_metrics, single_object_metrics
 from .structures import Detections
@@ -38,6 +40,8 @@ def predict_dataset(
     ``[N, C]`` (None otherwise). The input contract is ``config.input``, the post-processing
     ``config.detect``; batches of ``batch_size`` (default ``train.batch_size``)."""
     t, preprocess = config.train, Preprocess.of(config.input)
+    if preprocess.tile:
+        return _predict_tiled(model, data, config, preprocess, indices), None
     dataset = DetectionDataset(data, preprocess.augment(), False, preprocess.mean, preprocess.std)
     loader = DataLoader(
         Subset(dataset, list(indices)) if indices is not None else dataset,
@@ -62,6 +66,21 @@ def predict_dataset(
             detections.append(det)
     model.train(was_training)
     return detections, torch.cat(probabilities) if probabilities else None
+
+
+def _predict_tiled(model: nn.Module, data: DetectionSet, config: Config, preprocess: Preprocess, indices) -> list:
+    """:func:`predict_dataset` for a network trained on tiles: each image tiled as it is predicted."""
+    was_training = model.training
+    model.eval()
+    memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
+    settings = asdict(config.detect)
+    detections = []
+    for i in indices if indices is not None else range(len(data.records)):
+        image = read_image(data.records[i].image_path)
+        found = detect_tiled(model, image, preprocess, settings, preprocess.tile, memory_format=memory_format)
+        detections.append(found)
+    model.train(was_training)
+    return detections
 
 
 def dataset_metrics(config: Config, data: DetectionSet, detections: list, probabilities: Tensor | None) -> dict:

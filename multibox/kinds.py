@@ -27,6 +27,7 @@ from .anchor_doctor import (
     suggest_anchors,
 )
 from .anchors import grid_ratios
+from .auto import Choice
 from .config import Config, LossConfig, ModelConfig
 from .criterion import RetinaNetCriterion, SingleObjectCriterion, SSDCriterion, YOLOCriterion
 from .data.records import DetectionSet
@@ -63,8 +64,8 @@ class Kind:
             metrics) or ``"multilabel"`` (mAP and F1 of the class scores).
         activation: how its class logits become scores (:func:`multibox.postprocess.class_scores`);
             None: not a detector with anchors (no per-anchor post-processing, no ONNX export).
-        fit: what it fits from the training data before training, in place in the config;
-            returns a line to print (or None).
+        fit: what it fits from the training data before training, in place in the config (the
+            settings left ``auto``); returns the :class:`~multibox.auto.Choice` s made.
         doctor: its anchor doctor ``(config, dataset, input size) -> Diagnosis``.
     """
 
@@ -75,7 +76,7 @@ class Kind:
     metric: str = "AP"
     evaluation: str = "coco"
     activation: str | None = None
-    fit: Callable[[Config, DetectionSet], str | None] | None = None
+    fit: Callable[[Config, DetectionSet], list[Choice]] | None = None
     doctor: Callable[[Config, DetectionSet, Size], Diagnosis] | None = None
 
     @property
@@ -185,11 +186,39 @@ def _yolo_criterion(loss: LossConfig, model: nn.Module) -> Callable:
 # --- fitted from the data ----------------------------------------------------------------------
 
 
-def _fit_yolo_anchors(config: Config, data: DetectionSet) -> str | None:
+def _fit_yolo_anchors(config: Config, data: DetectionSet) -> list[Choice]:
     if config.model.yolo.anchors:
-        return None
+        return []
     config.model.yolo.anchors = fit_yolo_anchors(data, config.input.size, config.input.resize)
-    return f"yolov3 anchors (k-means on the training boxes): {[list(s) for s in config.model.yolo.anchors]}"
+    return [Choice("model.yolo.anchors", [list(s) for s in config.model.yolo.anchors], "k-means on the training boxes")]
+
+
+def _fit_retinanet_anchors(config: Config, data: DetectionSet) -> list[Choice]:
+    """Sizes and ratios left ``auto``: the anchor doctor's fit where it covers more boxes at
+    ``loss.pos_iou`` than RetinaNet's usual anchors (4 strides, ratios 0.5, 1, 2) do."""
+    r = config.model.retinanet
+    if r.anchor_sizes is not None and r.anchor_ratios is not None:
+        return []
+    usual = AnchorConfig(tuple(r.anchor_strides), r.anchor_sizes or tuple(4.0 * s for s in r.anchor_strides),
+                         tuple(r.anchor_scales), r.anchor_ratios or (0.5, 1.0, 2.0))  # fmt: skip
+    # as the network sees the boxes: whole images resized, or tiles scaled from tile to input size
+    size, resize = config.input.size, config.input.resize
+    if config.input.tile:
+        side = max(max(record.height, record.width) for record in data.records)
+        size, resize = (round(side * config.input.size[0] / config.input.tile),) * 2, "letterbox"
+    fitted = suggest_anchors(data, usual, size, resize, config.loss.pos_iou)
+    before, after = (anchor_coverage(data, a, size, resize, config.loss.pos_iou).matched for a in (usual, fitted))
+    chosen, other = (fitted, "the usual") if after > before else (usual, "fitted")
+    reason = (f"{'fitted' if after > before else 'the usual'}: {max(before, after):.1%} of the boxes have an anchor "
+              f"at IoU {config.loss.pos_iou:g} ({min(before, after):.1%} with {other} ones)")  # fmt: skip
+    choices = []
+    if r.anchor_sizes is None:
+        r.anchor_sizes = tuple(chosen.sizes)
+        choices.append(Choice("model.retinanet.anchor_sizes", list(chosen.sizes), reason))
+    if r.anchor_ratios is None:
+        r.anchor_ratios = tuple(chosen.ratios)
+        choices.append(Choice("model.retinanet.anchor_ratios", list(chosen.ratios), reason))
+    return choices
 
 
 # --- anchor doctors ----------------------------------------------------------------------------
@@ -293,6 +322,7 @@ KINDS: dict[str, Kind] = {
         _retinanet,
         _retinanet_criterion,
         activation=RetinaNet.activation,
+        fit=_fit_retinanet_anchors,
         doctor=_retinanet_doctor,
     ),
     "largest_cls": _single_kind("largest_cls", "accuracy"),

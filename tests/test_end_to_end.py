@@ -67,15 +67,16 @@ def test_train_lr_find_eval_predict_in_every_format(source, fmt, tmp_path):
     runner = CliRunner()
 
     run = tmp_path / "run"
-    result = runner.invoke(app, ["train", f"data.path={data}", f"output={run}", *TINY])
+    defaults = run.parent / "defaults.yaml"  # the configuration's own defaults, not the default recipe
+    defaults.write_text("{}\n")
+    result = runner.invoke(app, ["train", "--config", str(defaults), f"data.path={data}", f"output={run}", *TINY])
     assert result.exit_code == 0, result.output
     assert "final: AP" in result.output
     for name in ("best.pt", "last.pt", "config.yaml", "train_log.csv", "val_log.csv", "losses.png", "pr_curves.png"):
         assert (run / name).is_file(), name
 
-    result = runner.invoke(
-        app, ["lr-find", f"data.path={data}", *TINY, "--out", str(tmp_path / "lr"), "--steps", "6", "--end", "1"]
-    )
+    lr = ["lr-find", "--config", str(defaults), f"data.path={data}", *TINY, "--out", str(tmp_path / "lr")]
+    result = runner.invoke(app, [*lr, "--steps", "6", "--end", "1"])
     assert result.exit_code == 0, result.output
     assert "suggested lr" in result.output and (tmp_path / "lr" / "lr_find.png").is_file()
 

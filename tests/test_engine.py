@@ -120,10 +120,13 @@ def test_predictor_cli_eval_and_predict(digits, tmp_path):
     from multibox.cli import app
 
     runner = CliRunner()
+    (tmp_path / "defaults.yaml").write_text("{}\n")  # the configuration's own defaults, not the default recipe
     result = runner.invoke(
         app,
         [
             "train",
+            "--config",
+            str(tmp_path / "defaults.yaml"),
             f"data.path={digits}",
             f"output={tmp_path / 'run'}",
             *TINY,

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from multibox.inference.tiling import merge_tiles, tile_windows
 from multibox.metrics import coco_map
 from multibox.structures import Detections
+from multibox.tiling import merge_tiles, tile_windows
 
 
 def test_windows_cover_the_image_with_the_overlap_asked():

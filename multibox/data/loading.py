@@ -10,12 +10,26 @@ from .formats.yolo import read_dataset_yaml
 from .io import atomic_write_text
 from .records import DataError, DetectionSet, ValidationReport, validate
 
-__all__ = ["FORMATS", "convert", "detect_format", "load_dataset", "read_dataset", "splits", "write_dataset"]
+__all__ = [
+    "FACTS_FILE",
+    "FORMATS",
+    "convert",
+    "dataset_facts",
+    "detect_format",
+    "load_dataset",
+    "read_dataset",
+    "splits",
+    "write_dataset",
+    "write_facts",
+]
 
 FORMATS = ("voc", "coco", "yolo", "csv")
 # VOC and CSV files carry class names but no class order: writers save the order in this file
 # (one name per line, beside the annotations) and readers use it when present.
 CLASS_LIST = "classes.txt"
+# What a dataset says of itself beside its annotations, e.g. ``chiral: true`` (mirrored objects
+# are not objects: digits, text), read by the settings a recipe leaves to the data
+FACTS_FILE = "multibox.yaml"
 
 
 def detect_format(path: str | Path) -> str:
@@ -146,3 +160,24 @@ def convert(
         dataset, reports[split] = load_dataset(source, split, fmt, policy, image_dir=image_dir)
         write_dataset(dataset, target, to, split)
     return reports
+
+
+def dataset_facts(path: str | Path) -> dict:
+    """The facts of the dataset at ``path`` (its folder's :data:`FACTS_FILE`), or {} without one."""
+    import yaml
+
+    path = Path(path)
+    file = (path if path.is_dir() else path.parent) / FACTS_FILE
+    if not file.is_file():
+        return {}
+    facts = yaml.safe_load(file.read_text()) or {}
+    if not isinstance(facts, dict):
+        raise DataError(f"{file}: facts about a dataset are a mapping, e.g. 'chiral: true'")
+    return facts
+
+
+def write_facts(root: str | Path, facts: dict) -> None:
+    """Write :data:`FACTS_FILE` into the dataset folder ``root``."""
+    import yaml
+
+    atomic_write_text(Path(root) / FACTS_FILE, yaml.safe_dump(facts, sort_keys=False))

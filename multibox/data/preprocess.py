@@ -35,14 +35,20 @@ class Preprocess:
         resize: ``squish`` (both axes to ``size``), ``letterbox`` (keep the aspect, pad with
             grey) or ``minmax`` (torchvision's detection resize; input sizes vary).
         mean, std: per-channel normalisation of pixel values scaled to 0..1.
+        tile: the network sees ``tile x tile`` windows of an image at its own resolution
+            (training: random ones; evaluation and prediction: overlapping ones, merged), each
+            then resized as an image is; 0: the whole image.
     """
 
     size: tuple[int, int] = (512, 512)
     resize: str = "squish"
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
+    tile: int = 0
 
     def __post_init__(self) -> None:
+        if self.size is None or self.tile is None:
+            raise ValueError("input.size and input.tile are 'auto': `multibox train` decides them from the data")
         object.__setattr__(self, "size", (int(self.size[0]), int(self.size[1])))
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
@@ -52,11 +58,13 @@ class Preprocess:
     @classmethod
     def of(cls, section) -> Preprocess:
         """From a configuration's ``input`` section (anything with ``size``, ``resize``, ``mean``, ``std``)."""
-        return cls(tuple(section.size), section.resize, tuple(section.mean), tuple(section.std))
+        size = tuple(section.size) if section.size is not None else None
+        return cls(size, section.resize, tuple(section.mean), tuple(section.std), section.tile)
 
     def augment(self, preset: str = "none", rotate: bool = False, hflip: float = 0.5) -> Augment:
-        """The training pipeline's recipe: ``preset`` augmentation, then this resize."""
-        return Augment(preset, self.size, self.resize, rotate, hflip=hflip)
+        """The training pipeline's recipe: a random tile (with ``tile``), ``preset`` augmentation,
+        then this resize."""
+        return Augment(preset, self.size, self.resize, rotate, hflip=hflip, crop=self.tile)
 
     def fixed(self) -> Preprocess:
         """This contract with one input size for every image, as an exported graph needs it:
@@ -106,4 +114,5 @@ class Preprocess:
 
     def metadata(self) -> dict:
         """What a runtime needs to feed an exported graph: ``image_size``, ``resize``, ``mean``, ``std``."""
-        return {"image_size": list(self.size), "resize": self.resize, "mean": list(self.mean), "std": list(self.std)}
+        return {"image_size": list(self.size), "resize": self.resize, "mean": list(self.mean), "std": list(self.std),
+                "tile": self.tile}  # fmt: skip

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from .io import write_image
-from .loading import write_dataset
+from .loading import write_dataset, write_facts
 from .records import DataError, DetectionSet, Record
 
 __all__ = ["DIGIT_CLASSES", "SceneConfig", "load_digits", "render_scene", "synthesize_digits"]
@@ -230,4 +230,5 @@ def synthesize_digits(
             write_image(path, image, quality=92)
             records.append(Record(path, config.size, config.size, boxes, labels, image_id=image_id))
         paths[split] = write_dataset(DetectionSet(records, names), out, fmt, split)
+    write_facts(out, {"chiral": True})  # a mirrored digit is not a digit
     return paths

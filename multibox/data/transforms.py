@@ -10,7 +10,8 @@ float32 [N, 4] xyxy pixels, labels int64 [N])`` to the same, and draws its rando
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 
 import albumentations as A
 import cv2
@@ -31,10 +32,11 @@ __all__ = [
     "input_size_of",
     "iou_crop",
     "mosaic",
+    "random_crop",
     "zoom_out",
 ]
 
-AUGMENTATIONS = ("none", "flip", "ssd", "retina", "mosaic")  # train.augment
+AUGMENTATIONS = ("none", "flip", "ssd", "retina", "strong", "mosaic")  # train.augment
 RESIZE_MODES = ("squish", "letterbox", "minmax")
 PAD_VALUE = 114  # letterbox and mosaic fill, the grey of the YOLO family
 
@@ -157,6 +159,24 @@ def iou_crop(
     return sample
 
 
+def random_crop(sample: Sample, rng: np.random.Generator, side: int, min_keep: float = 0.25) -> Sample:
+    """A random ``side x side`` window of the image at its own resolution (the whole extent where
+    the image is smaller): what a network trained on tiles of large images sees. Boxes are clipped
+    to the window; a piece keeping less than ``min_keep`` of its area, or under 2 pixels wide or
+    high, is dropped (tiled prediction joins the pieces an edge cuts, see
+    :func:`multibox.tiling.merge_tiles`)."""
+    image, boxes, labels = sample
+    h, w = image.shape[:2]
+    x1, y1 = int(rng.integers(0, max(w - side, 0) + 1)), int(rng.integers(0, max(h - side, 0) + 1))
+    x2, y2 = min(x1 + side, w), min(y1 + side, h)
+    clipped = np.clip(boxes, [x1, y1, x1, y1], [x2, y2, x2, y2])
+    area = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
+    kept = np.prod(clipped[:, 2:] - clipped[:, :2], axis=1)
+    keep = (kept >= min_keep * np.maximum(area, 1e-9)) & ((clipped[:, 2:] - clipped[:, :2]) >= 2).all(axis=1)
+    shifted = (clipped[keep] - np.array([x1, y1, x1, y1], np.float32)).astype(np.float32)
+    return np.ascontiguousarray(image[y1:y2, x1:x2]), shifted.reshape(-1, 4), labels[keep]
+
+
 def mosaic(samples: Sequence[Sample], size: int, rng: np.random.Generator, min_keep: float = 0.25) -> Sample:
     """Four images into one ``size x size`` image around a random centre (the YOLOv4/v5 mosaic).
 
@@ -246,6 +266,11 @@ class Augment:
         rotate: small rotations, up to 3 degrees half the time; boxes grow to the rotated corners.
         hflip: probability of a horizontal flip in every preset but ``none`` (0 for text and
             digits, whose mirror images are not in the data).
+        crop: train on random ``crop x crop`` windows of each image at its own resolution
+            (:func:`random_crop`; tiles of large images), then resize; 0: the whole image.
+
+    ``strong`` is photometric distortion, scale jitter 0.5..1.5 and flips: for datasets of a few
+    hundred images, which the others let a network memorise.
     """
 
     preset: str = "flip"
@@ -255,6 +280,7 @@ class Augment:
     min_size: int | None = None
     max_size: int | None = None
     hflip: float = 0.5
+    crop: int = 0
 
     def __post_init__(self) -> None:
         if not 0 <= self.hflip <= 1:
@@ -276,6 +302,9 @@ def build_transform(augment: Augment, train: bool = True):
     resize = _resize_ops(augment.resize, augment.size)
     minmax = [MinMaxResize(augment.min_size or min(augment.size), augment.max_size or max(augment.size))]
     last = minmax if augment.resize == "minmax" else []
+    if train and augment.crop:
+        crop = augment.crop
+        return _Pipeline([partial(random_crop, side=crop), build_transform(replace(augment, crop=0), train)])
     if not train or augment.preset == "none":
         return _Pipeline([_ResizeUnlessSized(resize, augment.size) if resize else _Albumentations(resize), *last])
     rotate = [A.Rotate(limit=3, p=0.5, border_mode=cv2.BORDER_CONSTANT, fill=PAD_VALUE)] if augment.rotate else []
@@ -293,6 +322,19 @@ def build_transform(augment: Augment, train: bool = True):
                 iou_crop,
                 _Albumentations(rotate + flip + resize),
                 *last,
+            ]
+        )
+    if augment.preset == "strong":
+        photometric = A.ColorJitter(
+            brightness=(0.75, 1.25), contrast=(0.6, 1.4), saturation=(0.5, 1.5), hue=(-0.05, 0.05), p=0.8
+        )
+        jitter = A.Affine(scale=(0.5, 1.5), keep_ratio=True, border_mode=cv2.BORDER_CONSTANT, fill=PAD_VALUE, p=1.0)
+        return _Pipeline(
+            [
+                _Albumentations([photometric], pixels_only=True),
+                _Albumentations(rotate + flip + resize, min_visibility=0.25),
+                *last,
+                _Albumentations([jitter], min_visibility=0.25),
             ]
         )
     if augment.preset == "retina":

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from ..auto import resolve
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import Config, TrainConfig
 from ..data.dataset import DetectionDataset, detection_collate
@@ -26,6 +27,7 @@ from ..kinds import build_criterion, build_model, kind_of
 from ..models.autocast import guard_bf16_strided_convs
 from ..models.backbones import attach_prefix_cache
 from ..viz import plot_pr_curves
+from .budget import default_schedule, fit_budget, memorisation, time_steps
 from .data import EpochSampler, load_splits
 from .distributed import setup
 from .ema import ModelEMA
@@ -66,9 +68,12 @@ class Trainer:
         self.amp_dtype = precision(t.amp, self.device)
         torch.manual_seed(t.seed)
         kind = kind_of(config)
-        fitted = kind.fit(config, self.train_data) if kind.fit else None
-        if fitted and self.dist.main:
-            print(fitted)
+        # the settings the recipe leaves to the data, then what the kind fits from it (anchors)
+        self.choices = resolve(config, self.train_data)
+        self.choices += kind.fit(config, self.train_data) if kind.fit else []
+        if self.dist.main:
+            for choice in self.choices:
+                print(f"auto: {choice}")
         self.model = self._model(config, len(self.train_data.class_names))
         # what runs the forward pass: the model, or its DistributedDataParallel replica
         self.network: nn.Module = self.model
@@ -177,6 +182,9 @@ class Trainer:
             self.dist.close()
         if self.dist.main:
             plot_losses(self.output)
+            warning = memorisation(self)
+            if warning:
+                print(warning)
         return self.metrics
 
     def _begin(self, resume: str | Path | None) -> None:
@@ -184,6 +192,8 @@ class Trainer:
         self.steps_per_epoch = len(self.dataset) // (t.batch_size * self.dist.world)
         if self.steps_per_epoch == 0:
             raise ValueError(f"train.batch_size {t.batch_size} is larger than the {len(self.dataset)} training images")
+        if resume is None:
+            self._decide_schedule()
         schedule_steps = self.steps_per_epoch * t.epochs
         # max_steps stops a run early without changing its schedule, so that it can be resumed
         self.total_steps = min(schedule_steps, t.max_steps) if t.max_steps else schedule_steps
@@ -193,9 +203,35 @@ class Trainer:
         if resume is not None:
             self.resume(resume)
         if main:
-            atomic_write_text(self.output / "config.yaml", self.config.to_yaml())
+            decided = "".join(f"# auto: {choice}\n" for choice in self.choices)
+            atomic_write_text(self.output / "config.yaml", decided + self.config.to_yaml())
+            if t.warmup_steps >= schedule_steps:
+                print(f"warning: train.warmup_steps ({t.warmup_steps}) is not shorter than the run ({schedule_steps} "
+                      f"steps): the learning rate never reaches train.lr; lower train.warmup_steps")  # fmt: skip
         self.logs = Logs(self.output, resume is not None) if main else None
         self.metrics: dict = self.state["metrics"]
+
+    def _decide_schedule(self) -> None:
+        """``train.epochs``, ``warmup_steps`` and ``eval_every`` left ``auto``: from
+        ``train.time_budget`` and a few timed steps (:func:`~multibox.engine.budget.fit_budget`)."""
+        t, choices = self.config.train, []
+        if t.epochs is None:
+            if t.time_budget <= 0:
+                raise ValueError("train.epochs is auto: give train.time_budget (minutes) or train.epochs")
+            seconds = time_steps(self)
+            val_images = len(self.val_data.records) if self.val_data is not None else 0
+            choices += fit_budget(self.config, seconds, self.steps_per_epoch, val_images, self._tiles_per_image())
+        choices += default_schedule(self.config, self.steps_per_epoch)
+        if self.dist.main:
+            for choice in choices:
+                print(f"auto: {choice}")
+        self.choices += choices
+
+    def _tiles_per_image(self) -> float:
+        tile = self.preprocess.tile
+        data = self.val_data or self.train_data
+        side = max(max(r.height, r.width) for r in data.records)
+        return max(1.0, (side / tile) ** 2 * 1.6) if tile else 1.0  # 1.6: tiles overlap
 
     def _train_epoch(self, show_progress: bool) -> int:
         """Steps from the current position to the end of its epoch (or of the run); returns the epoch."""

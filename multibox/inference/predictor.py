@@ -10,11 +10,10 @@ import numpy as np
 import torch
 
 from ..config import Config
-from ..data.dataset import detection_collate
 from ..data.io import read_image
 from ..data.preprocess import Preprocess
+from ..detect import TILE_OVERLAP, detect_images, detect_tiled
 from ..structures import Detections
-from .tiling import merge_tiles, tile_windows
 
 __all__ = ["ImageLike", "Predictor"]
 
@@ -48,17 +47,16 @@ class Predictor:
         iou: float | None = None,
         max_det: int | None = None,
         tile: int | None = None,
-        overlap: float = 0.2,
+        overlap: float = TILE_OVERLAP,
         batch_size: int = 8,
     ) -> Detections | list[Detections]:
         """Detect objects in one image (a path or an RGB ``uint8 [H, W, 3]`` array) or a list of them.
 
-        With ``tile``, an image is cut into overlapping ``tile x tile`` windows
-        (:func:`~multibox.inference.tiling.tile_windows`, ``overlap`` a fraction of a tile), each
-        detected as an image of its own, ``batch_size`` at a time, and the boxes merged back
-        (:func:`~multibox.inference.tiling.merge_tiles`): for images much larger than the
-        network's input, whose objects would shrink below what it can see. ``max_det`` then
-        applies per tile.
+        With ``tile`` (default: the run's ``input.tile``; 0: none), an image is cut into
+        overlapping ``tile x tile`` windows (``overlap`` a fraction of a tile), each detected as
+        an image of its own, ``batch_size`` at a time, and the boxes merged back
+        (:func:`~multibox.detect.detect_tiled`): for images much larger than the network's
+        input, whose objects would shrink below what it can see. ``max_det`` then applies per tile.
 
         Returns :class:`Detections` with boxes in pixels of each original image, scores, labels
         and ``names``; a list for a list input.
@@ -68,17 +66,15 @@ class Predictor:
         settings = asdict(self.config.detect)
         asked = {"score_thresh": conf, "nms_iou": iou, "max_det": max_det}
         settings.update({k: v for k, v in asked.items() if v is not None})
+        tile = self.preprocess.tile if tile is None else tile
         results = []
         for image in images:
             pixels = read_image(Path(image)) if isinstance(image, str | Path) else np.asarray(image)
-            if tile is None:
-                (det,) = self._detect_crops([pixels], settings)
+            if tile:
+                det = detect_tiled(self.model, pixels, self.preprocess, settings, tile, overlap, batch_size,
+                                   self.memory_format)  # fmt: skip
             else:
-                windows = tile_windows(pixels.shape[0], pixels.shape[1], tile, overlap)
-                crops = [pixels[y1:y2, x1:x2] for x1, y1, x2, y2 in windows]
-                found = [d for i in range(0, len(crops), batch_size)
-                         for d in self._detect_crops(crops[i : i + batch_size], settings)]  # fmt: skip
-                det = merge_tiles(found, windows, pixels.shape[:2], nms_iou=settings["nms_iou"])
+                (det,) = detect_images(self.model, [pixels], self.preprocess, settings, self.memory_format)
             det.names = self.class_names
             results.append(det)
         return results[0] if single else results
@@ -86,16 +82,3 @@ class Predictor:
     def prepare(self, pixels: np.ndarray) -> torch.Tensor:
         """The network input ``[1, 3, H, W]`` (resized, normalised) of an RGB ``uint8`` image."""
         return self.preprocess(pixels)[None]
-
-    def _detect_crops(self, crops: Sequence[np.ndarray], settings: dict) -> list[Detections]:
-        """Detections of a batch of RGB images, boxes in each image's pixels."""
-        tensors = [self.preprocess(crop) for crop in crops]
-        batch, _ = detection_collate([(t, None) for t in tensors])  # padded where sizes differ
-        batch = batch.to(self.device).contiguous(memory_format=self.memory_format)
-        found = self.model.detect(self.model(batch), tuple(batch.shape[-2:]), **settings)
-        results = []
-        for det, crop, tensor in zip(found, crops, tensors, strict=True):
-            det = det.to("cpu")
-            det.boxes = self.preprocess.to_original(det.boxes, crop.shape[:2], tuple(tensor.shape[-2:]))
-            results.append(det)
-        return results

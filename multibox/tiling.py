@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
 
-from ..structures import Detections
+from .structures import Detections
 
 __all__ = ["merge_tiles", "tile_windows"]
 
