@@ -1,8 +1,10 @@
-"""Time to accuracy on the digit scenes: multibox's CPU preset vs torchvision's RetinaNet.
+"""Time to accuracy on any dataset: a multibox RetinaNet preset vs torchvision's RetinaNet.
 
     python bench/time_to_accuracy.py [--minutes 6 --evals 6 --data data/demo-digits --val-images 200]
+    python bench/time_to_accuracy.py --preset default --data data/shapes --minutes 10 [key=value ...]
 
-Both train on the same data pipeline (the preset's augmentation at 256x256, batches of 16)
+Both train on the same data pipeline (the preset's augmentation and input; with the ``default``
+preset, what it decides from the data, tiles included)
 for the same wall-clock budget of training time, with the same optimizer and a cosine
 learning rate over the budget (a function of elapsed time, so neither needs to know its
 speed in advance), and are evaluated with the same COCO metric on the same validation
@@ -22,21 +24,20 @@ from pathlib import Path
 import torch
 from _timing import machine
 from torch import nn
-from torch.utils.data import DataLoader
 from torchvision.models import mobilenet_v2
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.retinanet import RetinaNet as TorchvisionRetinaNet
 from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d
 
-from multibox.config import preset
+from multibox.config import load_config
 from multibox.data import DetectionSet, load_dataset
-from multibox.data.dataset import DetectionDataset, detection_collate
 from multibox.data.synthetic import synthesize_digits
-from multibox.engine import Trainer, evaluate
+from multibox.engine import Trainer
 from multibox.engine.optim import build_optimizer
-from multibox.metrics import coco_map
+from multibox.evaluation import evaluate
 from multibox.models.backbones import offline_mobilenet_v2_weights
+from multibox.structures import Detections
 
 WARMUP = 0.1  # share of the budget
 
@@ -98,15 +99,20 @@ def torchvision_model(config, num_classes: int) -> TorchvisionRetinaNet:
     )
 
 
-def torchvision_ap(model, data: DetectionSet, loader) -> dict:
-    model.eval()
-    detections = []
-    with torch.no_grad():
-        for images, _ in loader:
-            detections += model(list(images))
-    model.train()
-    truth = [{"boxes": r.boxes, "labels": r.labels} for r in data.records]
-    return coco_map(detections, truth, num_classes=len(data.class_names))
+class TorchvisionDetector(nn.Module):
+    """torchvision's detector with multibox's ``detect``, so that evaluation (tiles included)
+    runs it as it runs multibox's networks; its own transform resizes nothing (``min_size`` is the
+    input size) and its post-processing settings are the run's."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images):
+        return self.model(list(images))
+
+    def detect(self, output, image_size, **settings) -> list[Detections]:
+        return [Detections(o["boxes"], o["scores"], o["labels"]) for o in output]
 
 
 def cosine(fraction: float) -> float:
@@ -152,18 +158,19 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=6.0, help="training time per detector")
     parser.add_argument("--evals", type=int, default=6)
     parser.add_argument("--data", default="data/demo-digits")
+    parser.add_argument("--preset", default="cpu_digits", help="a RetinaNet preset (cpu_digits, default, ...)")
     parser.add_argument("--val-images", type=int, default=200)
+    parser.add_argument("overrides", nargs="*", help="key=value settings on top of the preset")
     args = parser.parse_args()
     if not Path(args.data).exists():
         print(f"rendering the digit scenes into {args.data}")
         synthesize_digits(args.data, train=3400, val=400, seed=0)  # as make demo
-    config = preset("cpu_digits")
-    config.data.path = args.data
+    config = load_config(args.preset, [f"data.path={args.data}", *args.overrides])
     budget = args.minutes * 60
     print(machine())
 
     torch.manual_seed(0)
-    ours = Trainer(config)
+    ours = Trainer(config)  # decides what the preset leaves to the data (the schedule is this script's)
     val, _ = load_dataset(args.data, "val", class_names=ours.train_data.class_names)
     val = DetectionSet(val.records[: args.val_images], val.class_names)
     ours.model.train()
@@ -179,19 +186,11 @@ def main() -> None:
     # torchvision: the same Trainer supplies data and an optimizer of the same kind; only the model differs
     torch.manual_seed(0)
     theirs = Trainer(config)
-    peer = torchvision_model(config, len(theirs.train_data.class_names))
+    peer = TorchvisionDetector(torchvision_model(config, len(theirs.train_data.class_names)))
     theirs.optimizer = build_optimizer(config.train, peer)
-    val_loader = DataLoader(
-        DetectionDataset(val, theirs.dataset.augment, train=False),
-        batch_size=config.train.batch_size,
-        collate_fn=detection_collate,
-    )
-
-    their_step = torchvision_step(peer, theirs.optimizer, config.train.clip_grad)
+    their_step = torchvision_step(peer.model, theirs.optimizer, config.train.clip_grad)
     peer.train()
-    reference = train_for(
-        "torchvision", theirs, their_step, lambda: torchvision_ap(peer, val, val_loader), budget, args.evals
-    )
+    reference = train_for("torchvision", theirs, their_step, lambda: evaluate(peer, val, config)[0], budget, args.evals)
 
     final = reference[-1][2]
     reached = next((t for t, _, ap, _ in mine if ap >= final), None)

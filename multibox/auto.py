@@ -21,7 +21,7 @@ from .config import Config
 from .data.loading import dataset_facts
 from .data.records import DetectionSet
 
-__all__ = ["Choice", "DataShape", "describe", "resolve", "unresolved"]
+__all__ = ["Choice", "DataShape", "describe", "recommend_input", "resolve", "unresolved"]
 
 # Smallest object (pixels of the network input) the finest level (stride 8) sees well: anchors
 # start at about this size, and a smaller object falls between its cells.
@@ -135,6 +135,14 @@ def resolve(config: Config, data: DetectionSet) -> list[Choice]:
     the schedule, after this."""
     shape = describe(data)
     return _input(config, shape) + _augmentation(config, shape)
+
+
+def recommend_input(data: DetectionSet) -> list[Choice]:
+    """The input size and tiling :func:`resolve` would choose for ``data`` (for the anchor doctor's
+    advice when anchors cover too few boxes at a recipe's input)."""
+    config = Config()
+    config.input.size = config.input.tile = None
+    return _input(config, describe(data))
 
 
 def unresolved(config: Config) -> list[str]:

@@ -99,6 +99,10 @@ def evaluate(
         one_class = predictor.config.data.one_class
         dataset, _ = load_dataset(data, split, class_names=None if one_class else predictor.class_names)
         dataset = dataset.one_class(one_class) if one_class else dataset
+        record = max(dataset.records, key=lambda r: r.height * r.width, default=None)
+        if record is not None:
+            _warn_if_large(f"{data} ({split}: {record.image_path.name})", (record.height, record.width),
+                           predictor.preprocess)  # fmt: skip
         metrics, detections = run(predictor.model, dataset, predictor.config)
     except (DataError, ValueError, RuntimeError, FileNotFoundError) as error:
         _fail(error)
@@ -147,8 +151,11 @@ def predict(
         _check_runtime(runtime, weights)
         predictor = load(weights)
         found, images = [], []
+        warned = False
         for index, path in enumerate(paths, start=1):
             pixels = read_image(path)
+            if tile is None and not warned:
+                warned = _warn_if_large(path, pixels.shape[:2], predictor.preprocess)
             det = predictor.predict(pixels, conf=conf, iou=iou, tile=tile, overlap=overlap)
             drawn = draw_detections(pixels, det.boxes.numpy(), det.labels.numpy(), det.names, det.scores.numpy())
             encoded = cv2.imencode(path.suffix or ".jpg", cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))[1]
@@ -161,6 +168,20 @@ def predict(
     write_coco_results(out / "predictions.json", range(1, len(found) + 1), found, categories, predictor.class_names)
     atomic_write_text(out / "images.json", json.dumps(images))
     typer.echo(f"{len(paths)} images, {sum(len(d) for d in found)} detections: {out}")
+
+
+def _warn_if_large(name, image_size, preprocess) -> bool:
+    """Say so (once) when an image is over twice the network's input each way and is not tiled:
+    its objects shrink as much, and small ones vanish."""
+    height, width = (int(v) for v in image_size)
+    factor = min(height / preprocess.size[0], width / preprocess.size[1])
+    if preprocess.tile or factor <= 2:
+        return False
+    side = preprocess.size[0]
+    typer.secho(f"warning: {name} is {width}x{height}, {factor:.1f}x the network's {side}x{preprocess.size[1]} input: "
+                f"its objects shrink {factor:.1f} times; --tile {side} cuts it into tiles at its own resolution",
+                fg=typer.colors.YELLOW, err=True)  # fmt: skip
+    return True
 
 
 def _image_paths(sources: list[str]) -> list[Path]:
@@ -211,21 +232,36 @@ def anchors(
 
     Example: multibox anchors --data data/digits --preset retinanet_r50_fpn --image-size 256
     """
+    from .auto import recommend_input, resolve
     from .config import load_config
     from .data import load_dataset
-    from .kinds import kind_of
+    from .kinds import kind_of, seen_size
 
     try:
         config = load_config(preset, [])
         kind = kind_of(config)
         if kind.doctor is None:
             raise ValueError(f"'{preset}' is a {kind.name} network, without anchors: give a detector's preset")
-        size = (image_size, image_size) if image_size else tuple(config.input.size)
         dataset, _ = load_dataset(data, split, config.data.format)
+        if image_size:
+            config.input.size = (image_size, image_size)
+        resolve(config, dataset)  # what a recipe leaves to the data (the default recipe's input size)
+        size, config.input.resize = seen_size(config, dataset)  # with tiles: the images' own size
         coverage, suggested, overrides = kind.doctor(config, dataset, size)
     except (ConfigError, DataError, ValueError) as error:
         _fail(error)
     _anchor_report(data, split, preset, size, config, dataset, coverage, suggested, overrides, out)
+    if max(coverage.matched, suggested.matched) < LOW_COVERAGE:
+        advice = " ".join(f"{c.key}={_listed(c.value)}" for c in recommend_input(dataset))
+        typer.echo(f"\nfew boxes can be matched at {size[0]}x{size[1]}: for these objects `multibox train` would "
+                   f"use {advice} (the default recipe decides this itself)")  # fmt: skip
+
+
+LOW_COVERAGE = 0.6  # below this share of boxes matched, the doctor advises another input size or tiles
+
+
+def _listed(value) -> str:
+    return "[" + ", ".join(str(v) for v in value) + "]" if isinstance(value, list | tuple) else str(value)
 
 
 def _anchor_report(data, split, preset, size, config, dataset, coverage, suggested, overrides, out) -> None:

@@ -43,7 +43,7 @@ from .models import (
 )
 from .models.backbones import freeze_leading_blocks
 
-__all__ = ["KINDS", "Diagnosis", "Kind", "build_criterion", "build_model", "kind_of"]
+__all__ = ["KINDS", "Diagnosis", "Kind", "build_criterion", "build_model", "kind_of", "seen_size"]
 
 Size = tuple[int, int]
 # (coverage of the configured anchors, coverage of fitted ones, the overrides that use them)
@@ -193,19 +193,23 @@ def _fit_yolo_anchors(config: Config, data: DetectionSet) -> list[Choice]:
     return [Choice("model.yolo.anchors", [list(s) for s in config.model.yolo.anchors], "k-means on the training boxes")]
 
 
+def seen_size(config: Config, data: DetectionSet) -> tuple[Size, str]:
+    """The input size and resize at which the network sees the boxes of ``data``: ``input.size``
+    for whole images; with tiles, the images' own size scaled from tile to input, no resizing."""
+    if not config.input.tile:
+        return tuple(config.input.size), config.input.resize
+    side = max(max(record.height, record.width) for record in data.records)
+    return (round(side * config.input.size[0] / config.input.tile),) * 2, "letterbox"
+
+
 def _fit_retinanet_anchors(config: Config, data: DetectionSet) -> list[Choice]:
     """Sizes and ratios left ``auto``: the anchor doctor's fit where it covers more boxes at
     ``loss.pos_iou`` than RetinaNet's usual anchors (4 strides, ratios 0.5, 1, 2) do."""
     r = config.model.retinanet
     if r.anchor_sizes is not None and r.anchor_ratios is not None:
         return []
-    usual = AnchorConfig(tuple(r.anchor_strides), r.anchor_sizes or tuple(4.0 * s for s in r.anchor_strides),
-                         tuple(r.anchor_scales), r.anchor_ratios or (0.5, 1.0, 2.0))  # fmt: skip
-    # as the network sees the boxes: whole images resized, or tiles scaled from tile to input size
-    size, resize = config.input.size, config.input.resize
-    if config.input.tile:
-        side = max(max(record.height, record.width) for record in data.records)
-        size, resize = (round(side * config.input.size[0] / config.input.tile),) * 2, "letterbox"
+    usual = _usual_anchors(r)
+    size, resize = seen_size(config, data)
     fitted = suggest_anchors(data, usual, size, resize, config.loss.pos_iou)
     before, after = (anchor_coverage(data, a, size, resize, config.loss.pos_iou).matched for a in (usual, fitted))
     chosen, other = (fitted, "the usual") if after > before else (usual, "fitted")
@@ -242,10 +246,16 @@ def _listed(key: str, values: Sequence) -> str:
     return f"{key}=[{', '.join(f'{v:g}' for v in values)}]"
 
 
+def _usual_anchors(r) -> AnchorConfig:
+    """The anchors of a RetinaNet section, its ``auto`` sizes and ratios as RetinaNet's usual ones
+    (4 x stride; 0.5, 1, 2)."""
+    sizes = tuple(r.anchor_sizes) if r.anchor_sizes is not None else tuple(4.0 * s for s in r.anchor_strides)
+    ratios = tuple(r.anchor_ratios) if r.anchor_ratios is not None else (0.5, 1.0, 2.0)
+    return AnchorConfig(tuple(r.anchor_strides), sizes, tuple(r.anchor_scales), ratios)
+
+
 def _retinanet_doctor(config: Config, data: DetectionSet, size: Size) -> Diagnosis:
-    r = config.model.retinanet
-    current = AnchorConfig(tuple(r.anchor_strides), tuple(r.anchor_sizes), tuple(r.anchor_scales),
-                           tuple(r.anchor_ratios))  # fmt: skip
+    current = _usual_anchors(config.model.retinanet)
     fitted = suggest_anchors(data, current, size, config.input.resize, config.loss.pos_iou)
     overrides = _listed("model.retinanet.anchor_sizes", fitted.sizes) + " "
     overrides += _listed("model.retinanet.anchor_ratios", fitted.ratios)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
@@ -40,6 +41,10 @@ class DetectionDataset(Dataset):
         augment: augmentation recipe and input size (default: ``Augment()``, flip at 512x512).
         train: augment (True) or only resize (False).
         seed: makes augmentation a function of (seed, epoch, index).
+        repeat: each image is ``repeat`` items of an epoch (record ``i // repeat``): a network
+            trained on random tiles of large images (``augment.crop``) sees about as much of each
+            image an epoch as one pass over its tiles. Decoded images are then kept in memory (up
+            to ``cache_bytes``), as each is cropped ``repeat`` times an epoch.
     """
 
     def __init__(
@@ -50,8 +55,13 @@ class DetectionDataset(Dataset):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         seed: int | None = None,
+        repeat: int = 1,
+        cache_bytes: int = 2**30,
     ):
         self.records: list[Record] = list(data.records)
+        self.repeat = max(1, int(repeat))
+        self._decoded: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._cache_bytes = cache_bytes if self.repeat > 1 else 0
         self.class_names = list(data.class_names)
         self.augment = augment if augment is not None else Augment()
         self.train = train
@@ -65,25 +75,37 @@ class DetectionDataset(Dataset):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.records) * self.repeat
 
     def load(self, index: int):
         """The image (RGB uint8) and boxes of record ``index`` as stored, before any transform."""
         record = self.records[index]
-        image = read_image(record.image_path)
+        image = self._image(index)
         if image.shape[:2] != (record.height, record.width):
             # trust the pixels: boxes are relative to the image as annotated
             scale = np.array([image.shape[1] / record.width, image.shape[0] / record.height] * 2, np.float32)
             return image, record.boxes * scale, record.labels
         return image, record.boxes, record.labels
 
-    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
+    def _image(self, index: int) -> np.ndarray:
+        if index in self._decoded:
+            self._decoded.move_to_end(index)
+            return self._decoded[index]
+        image = read_image(self.records[index].image_path)
+        if self._cache_bytes:
+            self._decoded[index] = image
+            while sum(i.nbytes for i in self._decoded.values()) > self._cache_bytes and len(self._decoded) > 1:
+                self._decoded.popitem(last=False)
+        return image
+
+    def __getitem__(self, item: int) -> tuple[Tensor, dict[str, Tensor]]:
+        index = item // self.repeat  # the record; with repeat 1, the item itself
         if self.seed is not None:
-            rng = np.random.default_rng([self.seed, self.epoch, index])
+            rng = np.random.default_rng([self.seed, self.epoch, item])
         else:
             rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))
         if self.train and self.augment.preset == "mosaic":
-            others = rng.integers(0, len(self), size=3)
+            others = rng.integers(0, len(self.records), size=3)
             sample = mosaic([self.load(i) for i in (index, *others.tolist())], self.augment.size[0], rng)
         else:
             sample = self.load(index)

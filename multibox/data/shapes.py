@@ -1,8 +1,9 @@
-"""Synthetic shape scenes: coloured discs, squares and triangles on real photographs.
+"""Synthetic shape scenes: discs, squares and triangles on real photographs, among distractors.
 
 A second kind of data beside the digit scenes, for checking that a recipe is not tuned to
-digits: three classes told apart by shape alone (their colours, sizes, rotations and shading
-are random), drawn onto crops of scikit-image's photographs. Training and validation scenes use
+digits: three classes told apart by shape alone (their colours, textures, contrast, sizes,
+rotations and shading are random), among unlabelled pentagons, stars and crosses, drawn onto
+crops of scikit-image's photographs. Training and validation scenes use
 different photographs, so a detector that memorises backgrounds shows it. Two shapes of
 dataset come from the same renderer: a few dozen scenes of a few hundred pixels with objects of
 20-150 px, and large scenes (2000 px) with many small objects (10-60 px), as aerial images are.
@@ -36,6 +37,7 @@ class ShapeConfig:
         min_side, max_side: range of an object's side in pixels (log-uniform).
         min_objects, max_objects: objects per scene, uniform.
         max_overlap: largest share of an object's box that another object's box may cover.
+        distractors: unlabelled shapes per scene are uniform in ``0..distractors``.
     """
 
     width: int = 448
@@ -45,6 +47,7 @@ class ShapeConfig:
     min_objects: int = 2
     max_objects: int = 8
     max_overlap: float = 0.1
+    distractors: int = 4
 
 
 def _background(photo: np.ndarray, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
@@ -59,9 +62,27 @@ def _background(photo: np.ndarray, height: int, width: int, rng: np.random.Gener
     return np.clip(crop.astype(np.float32) * gain + rng.uniform(-30, 30) + noise, 0, 255)
 
 
+def _star(points: int, inner: float) -> np.ndarray:
+    angles = np.arange(2 * points) * np.pi / points
+    radii = np.where(np.arange(2 * points) % 2 == 0, 1.0, inner)
+    return np.stack([np.cos(angles) * radii, np.sin(angles) * radii], axis=1) / 2
+
+
+# unlabelled distractors: a pentagon, a five-pointed star, a cross
+_DISTRACTORS = (
+    _star(5, np.cos(np.pi / 5)),
+    _star(5, 0.45),
+    np.array([[-1, -3], [1, -3], [1, -1], [3, -1], [3, 1], [1, 1], [1, 3], [-1, 3], [-1, 1], [-3, 1], [-3, -1],
+              [-1, -1]], np.float64) / 6,
+)  # fmt: skip
+
+
 def _outline(label: int, side: float, rng: np.random.Generator) -> np.ndarray:
-    """The shape's polygon ``[P, 2]`` around the origin, rotated at random, about ``side`` across."""
-    if label == 0:  # disc (an ellipse up to 1.3:1)
+    """The shape's polygon ``[P, 2]`` around the origin, rotated at random, about ``side`` across;
+    labels 3.. are the distractors."""
+    if label >= len(SHAPE_CLASSES):
+        points = _DISTRACTORS[label - len(SHAPE_CLASSES)] * side
+    elif label == 0:  # disc (an ellipse up to 1.3:1)
         angles = np.linspace(0, 2 * np.pi, 40, endpoint=False)
         radii = side / 2 * np.array([1.0, rng.uniform(0.77, 1.0)])
         points = np.stack([np.cos(angles) * radii[0], np.sin(angles) * radii[1]], axis=1)
@@ -76,9 +97,10 @@ def _outline(label: int, side: float, rng: np.random.Generator) -> np.ndarray:
     return points @ rotation.T
 
 
-def _paint(canvas: np.ndarray, polygon: np.ndarray, rng: np.random.Generator) -> None:
-    """Fill ``polygon`` (scene pixels) with a random colour, shaded across the shape, with a
-    soft shadow beside it and an anti-aliased edge."""
+def _paint(canvas: np.ndarray, polygon: np.ndarray, rng: np.random.Generator, texture: np.ndarray) -> None:
+    """Fill ``polygon`` (scene pixels) with a random colour (half the time close to what is behind
+    it) or a tinted patch of ``texture``, shaded across the shape, with a soft shadow beside it
+    and an anti-aliased edge."""
     x1, y1 = np.floor(polygon.min(axis=0)).astype(int) - 4
     x2, y2 = np.ceil(polygon.max(axis=0)).astype(int) + 6
     x1, y1, x2, y2 = max(x1, 0), max(y1, 0), min(x2, canvas.shape[1]), min(y2, canvas.shape[0])
@@ -92,9 +114,17 @@ def _paint(canvas: np.ndarray, polygon: np.ndarray, rng: np.random.Generator) ->
     shadow = np.zeros_like(alpha)
     shadow[shift[1] :, shift[0] :] = alpha[: alpha.shape[0] - shift[1], : alpha.shape[1] - shift[0]]
     region *= 1 - 0.35 * shadow
-    colour = rng.uniform(20, 235, size=3)
+    if rng.random() < 0.5:
+        colour = rng.uniform(20, 235, size=3)
+    else:  # low contrast: near the mean colour behind the shape
+        colour = np.clip(region.reshape(-1, 3).mean(axis=0) + rng.uniform(-45, 45, size=3), 0, 255)
+    fill = np.broadcast_to(colour, region.shape).astype(np.float32)
+    if rng.random() < 0.4:  # a patch of a photograph, tinted with the colour
+        h, w = region.shape[:2]
+        y, x = rng.integers(0, texture.shape[0] - h + 1), rng.integers(0, texture.shape[1] - w + 1)
+        fill = texture[y : y + h, x : x + w].astype(np.float32) * 0.5 + colour * 0.5
     ramp = np.linspace(rng.uniform(0.75, 1.0), rng.uniform(1.0, 1.25), region.shape[1])[None, :, None]
-    region[...] = region * (1 - alpha) + np.clip(colour * ramp, 0, 255) * alpha
+    region[...] = region * (1 - alpha) + np.clip(fill * ramp, 0, 255) * alpha
 
 
 def render_shapes(
@@ -103,10 +133,14 @@ def render_shapes(
     """One scene: ``uint8 [height, width, 3]`` RGB, boxes ``[N, 4]`` (xyxy pixels, tight on the
     shape) and labels ``[N]`` (indices into :data:`SHAPE_CLASSES`)."""
     canvas = _background(photos[rng.integers(len(photos))], config.height, config.width, rng)
+    texture = _background(photos[rng.integers(len(photos))], config.height, config.width, rng)
     boxes: list[np.ndarray] = []
     labels: list[int] = []
-    for _ in range(rng.integers(config.min_objects, config.max_objects + 1)):
-        label = int(rng.integers(len(SHAPE_CLASSES)))
+    count = rng.integers(config.min_objects, config.max_objects + 1)
+    others = rng.integers(0, config.distractors + 1)
+    kinds = [int(rng.integers(len(SHAPE_CLASSES))) for _ in range(count)]
+    kinds += [len(SHAPE_CLASSES) + int(rng.integers(len(_DISTRACTORS))) for _ in range(others)]
+    for label in rng.permutation(kinds).tolist():
         side = float(np.exp(rng.uniform(np.log(config.min_side), np.log(config.max_side))))
         outline = _outline(label, side, rng)
         low, high = outline.min(axis=0), outline.max(axis=0)
@@ -117,11 +151,13 @@ def render_shapes(
             polygon = outline + centre
             box = np.concatenate([polygon.min(axis=0), polygon.max(axis=0)]).astype(np.float32)
             if not boxes or _coverage(box, np.stack(boxes)).max() <= config.max_overlap:
-                _paint(canvas, polygon, rng)
+                _paint(canvas, polygon, rng, texture)
                 boxes.append(box)
                 labels.append(label)
                 break
-    return canvas.round().astype(np.uint8), np.array(boxes, np.float32).reshape(-1, 4), np.array(labels, np.int64)
+    boxes_, labels_ = np.array(boxes, np.float32).reshape(-1, 4), np.array(labels, np.int64)
+    shapes = labels_ < len(SHAPE_CLASSES)  # the distractors are drawn, not labelled
+    return canvas.round().astype(np.uint8), boxes_[shapes], labels_[shapes]
 
 
 def _coverage(box: np.ndarray, others: np.ndarray) -> np.ndarray:

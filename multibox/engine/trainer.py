@@ -49,6 +49,12 @@ def _check_precompute(config: TrainConfig, device: torch.device) -> None:
         raise ValueError(f"train.precompute is for CPU training (it keeps outputs in CPU memory); got device {device}")
 
 
+def _tiles(data, tile: int) -> float:
+    """How many ``tile x tile`` windows cover an image of ``data`` (the median one), at least 1."""
+    areas = sorted(r.height * r.width for r in data.records)
+    return max(1.0, areas[len(areas) // 2] / tile**2)
+
+
 class Trainer:
     """A run: the pieces a step needs, and the loop that steps, evaluates and keeps checkpoints.
 
@@ -85,8 +91,10 @@ class Trainer:
         self.dense = kind.dense
         self.criterion = build_criterion(config, self.model)
         pre = self.preprocess
+        # with tiles, each image is as many random tiles an epoch as its tile grid holds
+        repeat = round(_tiles(self.train_data, pre.tile)) if pre.tile else 1
         self.dataset = DetectionDataset(self.train_data, pre.augment(t.augment, t.rotate, t.hflip), True, pre.mean,
-                                        pre.std, t.seed)  # fmt: skip
+                                        pre.std, t.seed, repeat)  # fmt: skip
         self.sampler = EpochSampler(len(self.dataset), t.seed, t.batch_size, self.dist.rank, self.dist.world)
         self.optimizer = build_optimizer(t, self.model)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
@@ -228,10 +236,9 @@ class Trainer:
         self.choices += choices
 
     def _tiles_per_image(self) -> float:
+        """Tiles a validation image is cut into (overlapping ones: 1.6 times the grid)."""
         tile = self.preprocess.tile
-        data = self.val_data or self.train_data
-        side = max(max(r.height, r.width) for r in data.records)
-        return max(1.0, (side / tile) ** 2 * 1.6) if tile else 1.0  # 1.6: tiles overlap
+        return _tiles(self.val_data or self.train_data, tile) * 1.6 if tile else 1.0
 
     def _train_epoch(self, show_progress: bool) -> int:
         """Steps from the current position to the end of its epoch (or of the run); returns the epoch."""
