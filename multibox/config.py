@@ -193,8 +193,10 @@ class ModelConfig:
 class LossConfig:
     """The criterion: class loss ``cls`` (``focal``, ``bce``, ``softmax``, ``softmax_focal``), box
     loss ``box`` (``l1``, ``smooth_l1``, ``l1_boxes``, ``giou``, ``diou``, ``ciou``), their
-    weights, focal parameters, the matcher's thresholds, SSD's negatives per positive, and
-    ``soft_targets`` (the SSD family's BCE against each positive's relative anchor IoU)."""
+    weights, focal parameters, the matcher's thresholds, SSD's negatives per positive,
+    ``soft_targets`` (the SSD family's BCE against each positive's relative anchor IoU), and
+    RetinaNet's ``assigner``: ``iou`` (``pos_iou`` / ``neg_iou``) or ``atss`` (each object's
+    threshold from its ``atss_k`` nearest anchors per level, :func:`multibox.matching.match_atss`)."""
 
     cls: str = "focal"
     box: str = "l1"
@@ -207,6 +209,8 @@ class LossConfig:
     neg_iou: float = 0.4
     neg_pos_ratio: float = 3.0
     soft_targets: bool = False
+    assigner: str = "iou"
+    atss_k: int = 9
 
 
 @dataclass

@@ -28,6 +28,7 @@ from .matching import (
     NEGATIVE,
     YOLO_RULES,
     batch_iou,
+    match_atss,
     match_boxes,
     match_ssd,
     match_yolo,
@@ -68,6 +69,8 @@ class RetinaNetCriterion:
         normalize: ``"batch"`` divides the batch sums by the batch's positives (the paper,
             detectron2); ``"image"`` divides each image by its own positives and averages the
             images (torchvision).
+        assigner: ``"iou"`` (the thresholds above) or ``"atss"`` (:func:`~multibox.matching.match_atss`,
+            with ``level_sizes`` the anchors per level and ``atss_k`` candidates per level).
     """
 
     coder: DeltaCoder = field(default_factory=DeltaCoder)
@@ -80,12 +83,28 @@ class RetinaNetCriterion:
     box_weight: float = 1.0
     smooth_l1_beta: float = SMOOTH_L1_BETA
     normalize: str = "batch"
+    assigner: str = "iou"
+    level_sizes: Sequence[int] = ()
+    atss_k: int = 9
 
     def __post_init__(self) -> None:
         if self.box_loss not in _BOX_LOSSES:
             raise ValueError(f"box_loss must be one of {_BOX_LOSSES}, got {self.box_loss!r}")
         if self.normalize not in ("batch", "image"):
             raise ValueError(f"normalize must be 'batch' or 'image', got {self.normalize!r}")
+        if self.assigner not in ("iou", "atss"):
+            raise ValueError(f"loss.assigner must be 'iou' or 'atss', got {self.assigner!r}")
+        if self.assigner == "atss" and not self.level_sizes:
+            raise ValueError("the atss assigner needs the anchors per pyramid level (level_sizes)")
+
+    def match(self, anchors: Tensor, targets: Sequence[dict[str, Tensor]]) -> Tensor:
+        """Per image and anchor: the box index, NEGATIVE or IGNORE ``[B, A]``, by the assigner."""
+        boxes = [t["boxes"] for t in targets]
+        if self.assigner == "iou":
+            return match_boxes(boxes, anchors, self.pos_iou, self.neg_iou, self.allow_low_quality)
+        if sum(self.level_sizes) != len(anchors):
+            raise ValueError(f"level_sizes {list(self.level_sizes)} do not add up to the {len(anchors)} anchors")
+        return torch.stack([match_atss(b, anchors, self.level_sizes, self.atss_k) for b in boxes])
 
     def __call__(
         self, outputs: DenseOutput | tuple[Tensor, Tensor], anchors: Tensor, targets: Sequence[dict[str, Tensor]]
@@ -106,9 +125,7 @@ class RetinaNetCriterion:
             raise ValueError(f"got {len(targets)} targets for a batch of {cls_logits.shape[0]} images")
         boxes, _ = pad_batch([t["boxes"] for t in targets])
         classes, _ = pad_batch([t["labels"] for t in targets])
-        matched = match_boxes(
-            [t["boxes"] for t in targets], anchors, self.pos_iou, self.neg_iou, self.allow_low_quality
-        )  # [B, A]
+        matched = self.match(anchors, targets)  # [B, A]
         positive = matched >= 0
         box_index = matched.clamp(min=0)
         labels = torch.where(positive, classes.gather(1, box_index), matched)  # class, NEGATIVE or IGNORE

@@ -58,7 +58,7 @@ class Kind:
         name: ``model.kind``.
         section: the section of ``model`` its settings are read from (besides ``backbone``).
         build: ``(model config, classes, input size, pretrained) -> network``.
-        criterion: ``(loss config, network) -> criterion``.
+        criterion: ``(config, network) -> criterion`` (its settings are ``config.loss``).
         metric: the validation metric that picks ``best.pt``.
         evaluation: ``"coco"`` (COCO AP of the detections), ``"single"`` (the single-object
             metrics) or ``"multilabel"`` (mAP and F1 of the class scores).
@@ -72,7 +72,7 @@ class Kind:
     name: str
     section: str
     build: Callable[[ModelConfig, int, Size, str], nn.Module]
-    criterion: Callable[[LossConfig, nn.Module], Callable]
+    criterion: Callable[[Config, nn.Module], Callable]
     metric: str = "AP"
     evaluation: str = "coco"
     activation: str | None = None
@@ -148,22 +148,36 @@ def _no_soft_targets(loss: LossConfig, kind: str) -> None:
         raise ValueError(f"loss.soft_targets is for the SSD family's bce class loss; {kind} has no such option")
 
 
-def _retinanet_criterion(loss: LossConfig, model: nn.Module) -> Callable:
+def _retinanet_criterion(config: Config, model: nn.Module) -> Callable:
+    loss = config.loss
     _no_soft_targets(loss, "retinanet")
     if loss.cls != "focal":
         raise ValueError(f"RetinaNet trains with the sigmoid focal loss (loss.cls=focal), not {loss.cls!r}")
+    atss = {}
+    if loss.assigner == "atss":
+        if config.input.resize == "minmax" and not config.input.tile:
+            raise ValueError("loss.assigner=atss needs one input size: input.resize squish or letterbox")
+        atss = {"level_sizes": model.level_sizes(config.input.size), "atss_k": loss.atss_k}
     return RetinaNetCriterion(
         pos_iou=loss.pos_iou, neg_iou=loss.neg_iou, alpha=loss.focal_alpha, gamma=loss.focal_gamma,
-        box_loss=loss.box, box_weight=loss.box_weight,
+        box_loss=loss.box, box_weight=loss.box_weight, assigner=loss.assigner, **atss,
     )  # fmt: skip
 
 
-def _single_criterion(loss: LossConfig, model: nn.Module) -> Callable:
-    _no_soft_targets(loss, model.task)
-    return SingleObjectCriterion(model.task, loss.cls_weight)
+def _no_atss(loss: LossConfig, kind: str) -> None:
+    if loss.assigner != "iou":
+        raise ValueError(f"loss.assigner={loss.assigner} is RetinaNet's; {kind} has its own matching")
 
 
-def _ssd_criterion(loss: LossConfig, model: nn.Module) -> Callable:
+def _single_criterion(config: Config, model: nn.Module) -> Callable:
+    _no_soft_targets(config.loss, model.task)
+    _no_atss(config.loss, model.task)
+    return SingleObjectCriterion(model.task, config.loss.cls_weight)
+
+
+def _ssd_criterion(config: Config, model: nn.Module) -> Callable:
+    loss = config.loss
+    _no_atss(loss, type(model).__name__)
     sigmoid = model.activation == "sigmoid"
     if sigmoid != (loss.cls in ("bce", "focal")):
         fits = "bce or focal" if sigmoid else "softmax or softmax_focal"
@@ -175,8 +189,10 @@ def _ssd_criterion(loss: LossConfig, model: nn.Module) -> Callable:
     )  # fmt: skip
 
 
-def _yolo_criterion(loss: LossConfig, model: nn.Module) -> Callable:
+def _yolo_criterion(config: Config, model: nn.Module) -> Callable:
+    loss = config.loss
     _no_soft_targets(loss, "yolov3")
+    _no_atss(loss, "yolov3")
     return YOLOCriterion(
         model.coder, model.level_sizes(), box_loss=loss.box, box_weight=loss.box_weight,
         obj_weight=loss.obj_weight, cls_weight=loss.cls_weight,
@@ -379,4 +395,4 @@ def build_model(
 def build_criterion(config: Config, model: nn.Module) -> Callable:
     """The training loss of ``config.model.kind``: ``criterion(output, anchors, targets)`` for the
     detectors with anchors, ``criterion(output, targets)`` for the single-object steps."""
-    return kind_of(config).criterion(config.loss, model)
+    return kind_of(config).criterion(config, model)

@@ -23,6 +23,7 @@ __all__ = [
     "YOLO_RULES",
     "batch_iou",
     "match",
+    "match_atss",
     "match_boxes",
     "match_ssd",
     "match_yolo",
@@ -263,6 +264,51 @@ def relative_iou(iou: Tensor, matched: Tensor) -> Tensor:
     relative = torch.zeros(matched.shape, dtype=iou.dtype, device=iou.device)
     relative[image, anchor] = iou[image, box, anchor] / iou.amax(dim=-1)[image, box]
     return relative
+
+
+def match_atss(boxes: Tensor, anchors: Tensor, level_sizes: Sequence[int], k: int = 9) -> Tensor:
+    """ATSS (Zhang et al. 2020): each box sets its own IoU threshold from its nearest anchors.
+
+    Per box and pyramid level, the ``k`` anchors whose centres are nearest the box's centre are
+    its candidates; its threshold is the mean plus the (unbiased) standard deviation of their IoU
+    with it. Candidates reaching it, their centre inside the box, are its positives; an anchor
+    positive for several boxes takes the one it overlaps most. Every other anchor is NEGATIVE:
+    no IGNORE band. Small objects, which reach IoU 0.5 with few anchors, get positives too.
+
+    Args:
+        boxes: ``[G, 4]`` xyxy boxes of one image (``G`` may be 0).
+        anchors: ``[A, 4]`` xyxy anchors, level-major as ``level_sizes`` counts them.
+        level_sizes: anchors per pyramid level.
+        k: candidates per level.
+
+    Returns:
+        ``LongTensor [A]`` of box indices or NEGATIVE.
+    """
+    check_boxes(boxes, "boxes")
+    matches = torch.full((len(anchors),), NEGATIVE, dtype=torch.long, device=anchors.device)
+    if len(boxes) == 0:
+        return matches
+    iou = iou_family(boxes[:, None, :], anchors[None, :, :], "iou")  # [G, A]
+    box_centres, anchor_centres = (boxes[:, :2] + boxes[:, 2:]) / 2, (anchors[:, :2] + anchors[:, 2:]) / 2
+    distance = torch.cdist(box_centres, anchor_centres)  # [G, A]
+    candidates, start = [], 0
+    for size in level_sizes:
+        nearest = distance[:, start : start + size].topk(min(k, size), dim=1, largest=False).indices
+        candidates.append(nearest + start)
+        start += size
+    candidates = torch.cat(candidates, dim=1)  # [G, k * L]
+    candidate_iou = iou.gather(1, candidates)
+    threshold = candidate_iou.mean(dim=1) + candidate_iou.std(dim=1).nan_to_num(0.0)  # [G]
+    centre = anchor_centres[candidates]  # [G, k * L, 2]
+    inside = ((centre - boxes[:, None, :2]).min(dim=-1).values > 0.01) & (
+        (boxes[:, None, 2:] - centre).min(dim=-1).values > 0.01
+    )
+    positive = (candidate_iou >= threshold[:, None]) & inside  # [G, k * L]
+    overlap = torch.full_like(iou, -1.0)
+    rows = torch.arange(len(boxes), device=boxes.device)[:, None].expand_as(candidates)
+    overlap[rows[positive], candidates[positive]] = candidate_iou[positive]
+    best_iou, best_box = overlap.max(dim=0)  # [A]
+    return torch.where(best_iou >= 0, best_box, matches)
 
 
 YOLO_RULES = ("best", "ratio")

@@ -69,3 +69,28 @@ def test_bad_targets():
         RetinaNetCriterion()((logits, deltas), anchors, targets)
     with pytest.raises(ValueError, match="box_loss"):
         RetinaNetCriterion(box_loss="l2")
+
+
+def test_the_atss_assigner_trains_retinanet_from_the_config():
+    from multibox.config import load_config
+    from multibox.kinds import build_criterion, build_model
+
+    config = load_config("cpu_digits", ["model.pretrained=none", "input.size=[64, 64]", "loss.assigner=atss"])
+    model = build_model(config.model, 3, image_size=(64, 64))
+    criterion = build_criterion(config, model)
+    anchors = model.anchors((64, 64))
+    assert criterion.assigner == "atss" and sum(criterion.level_sizes) == len(anchors)
+    boxes = torch.tensor([[4.0, 6.0, 16.0, 22.0], [30.0, 30.0, 60.0, 50.0]])
+    targets = [{"boxes": boxes, "labels": torch.tensor([0, 2])},
+               {"boxes": torch.zeros((0, 4)), "labels": torch.zeros(0, dtype=torch.long)}]  # fmt: skip
+    matched = criterion.match(anchors, targets)
+    assert set(matched[0].unique().tolist()) == {-1, 0, 1} and bool((matched[1] == -1).all())  # no IGNORE band
+    output = model(torch.randn(2, 3, 64, 64))
+    losses = criterion(output, anchors, targets)
+    losses["total"].backward()
+    assert torch.isfinite(losses["total"]) and losses["box"] > 0
+    with pytest.raises(ValueError, match="do not add up"):
+        criterion.match(anchors[:-9], targets)
+    wrong = load_config("ssd300", ["model.pretrained=none", "loss.assigner=atss"])
+    with pytest.raises(ValueError, match=r"loss\.assigner=atss is RetinaNet's"):
+        build_criterion(wrong, build_model(wrong.model, 2, image_size=(300, 300)))

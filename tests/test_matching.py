@@ -169,3 +169,48 @@ def test_match_boxes_blocks_of_any_size_give_the_same_matches(monkeypatch, block
     expected = match(batch_iou(boxes, anchors))
     assert (expected >= 0).any()
     assert torch.equal(match_boxes(boxes, anchors), expected)
+
+
+def _reference_atss(boxes, anchors, level_sizes, k):
+    """ATSS written out box by box and level by level, as the paper's algorithm states it."""
+    result = torch.full((len(anchors),), NEGATIVE)
+    best = torch.full((len(anchors),), -1.0)
+    iou = box_iou(boxes, anchors)
+    for g, box in enumerate(boxes):
+        centre = (box[:2] + box[2:]) / 2
+        candidates, start = [], 0
+        for size in level_sizes:
+            level = anchors[start : start + size]
+            distance = (((level[:, :2] + level[:, 2:]) / 2 - centre) ** 2).sum(dim=1).sqrt()
+            candidates += (distance.argsort(stable=True)[: min(k, size)] + start).tolist()
+            start += size
+        values = iou[g, candidates]
+        threshold = float(values.mean() + values.std())
+        for anchor in candidates:
+            c = (anchors[anchor, :2] + anchors[anchor, 2:]) / 2
+            inside = bool((c - box[:2]).min() > 0.01 and (box[2:] - c).min() > 0.01)
+            if iou[g, anchor] >= threshold and inside and iou[g, anchor] > best[anchor]:
+                best[anchor], result[anchor] = iou[g, anchor], g
+    return result
+
+
+def test_atss_takes_each_box_threshold_from_its_nearest_anchors():
+    from multibox.anchors import pyramid_anchors, pyramid_grid_sizes
+    from multibox.matching import match_atss
+
+    # two levels: three 10 px anchors, two 20 px ones; one box 10 px wide, centre (7, 5)
+    anchors = torch.tensor([[0.0, 0, 10, 10], [5, 0, 15, 10], [20, 0, 30, 10], [0, 0, 20, 20], [20, 20, 40, 40]])
+    box = torch.tensor([[2.0, 0, 12, 10]])
+    # k = 2 nearest per level: anchors 0, 1 (IoU 2/3, 7/13) and 3, 4 (1/4, 0); threshold mean + std
+    # = 0.3638 + 0.2987 = 0.6625: anchor 0 alone, where IoU >= 0.5 would take anchors 0 and 1
+    assert match_atss(box, anchors, [3, 2], k=2).tolist() == [0, NEGATIVE, NEGATIVE, NEGATIVE, NEGATIVE]
+    assert match(box_iou(box, anchors), 0.5, 0.4, allow_low_quality=False).tolist()[:2] == [0, 0]
+    # the anchor's centre must lie inside the box: the same box moved right leaves anchor 0 outside
+    assert match_atss(box + torch.tensor([4.0, 0, 4, 0]), anchors, [3, 2], k=2)[0] != 0
+    assert match_atss(torch.zeros((0, 4)), anchors, [3, 2]).tolist() == [NEGATIVE] * 5
+    gen = torch.Generator().manual_seed(0)
+    anchors = pyramid_anchors(128, strides=(8, 16, 32), sizes=(24, 48, 96))
+    sizes = [h * w * 9 for h, w in pyramid_grid_sizes(128, (8, 16, 32))]
+    for _ in range(5):
+        boxes = random_boxes(6, size=128, min_side=4, generator=gen)
+        assert torch.equal(match_atss(boxes, anchors, sizes, k=9), _reference_atss(boxes, anchors, sizes, 9))

@@ -168,7 +168,7 @@ def dataset_facts(path: str | Path) -> dict:
 
     path = Path(path)
     file = (path if path.is_dir() else path.parent) / FACTS_FILE
-    if not file.is_file():
+    if not path.exists() or not file.is_file():
         return {}
     facts = yaml.safe_load(file.read_text()) or {}
     if not isinstance(facts, dict):

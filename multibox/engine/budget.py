@@ -27,7 +27,8 @@ EVAL_SHARE = 0.5
 
 
 def time_steps(run: Trainer, steps: int = 5, warmup: int = 2) -> float:
-    """Median seconds of a training step (loading included) over ``steps`` after ``warmup``;
+    """Mean seconds of a training step (loading, and a new epoch's start, included) over ``steps``
+    after ``warmup``;
     the model, optimizer, scaler and RNG are restored afterwards, so the run starts as if
     nothing had been timed."""
     saved = (copy.deepcopy(run.model.state_dict()), copy.deepcopy(run.optimizer.state_dict()),
@@ -47,7 +48,7 @@ def time_steps(run: Trainer, steps: int = 5, warmup: int = 2) -> float:
     run.optimizer.load_state_dict(saved[1])
     run.scaler.load_state_dict(saved[2])
     torch.set_rng_state(saved[3])
-    return statistics.median(times[warmup:])
+    return statistics.fmean(times[warmup:])
 
 
 def fit_budget(

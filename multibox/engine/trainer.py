@@ -37,6 +37,8 @@ from .optim import build_optimizer, lr_factor, precision, resolve_device
 
 __all__ = ["Trainer", "train"]
 
+SAVE_INTERVAL = 30.0  # seconds between the end-of-epoch saves of last.pt
+
 
 def _check_precompute(config: TrainConfig, device: torch.device) -> None:
     if config.augment != "none" or config.hflip > 0 or config.rotate:
@@ -180,7 +182,9 @@ class Trainer:
                 due = self.state["batch"] == 0 and (epoch + 1) % self.config.train.eval_every == 0
                 if self.val_data is not None and (due or finished):
                     self.evaluate_and_keep_best(epoch)
-                self.save(self.output / "last.pt")
+                # at the end of every epoch, but not more than twice a minute (runs of tiny epochs)
+                if finished or time.monotonic() - self._saved >= SAVE_INTERVAL:
+                    self.save(self.output / "last.pt")
                 if finished:
                     break
         finally:
@@ -217,6 +221,7 @@ class Trainer:
                 print(f"warning: train.warmup_steps ({t.warmup_steps}) is not shorter than the run ({schedule_steps} "
                       f"steps): the learning rate never reaches train.lr; lower train.warmup_steps")  # fmt: skip
         self.logs = Logs(self.output, resume is not None) if main else None
+        self._saved = time.monotonic()
         self.metrics: dict = self.state["metrics"]
 
     def _decide_schedule(self) -> None:
@@ -305,6 +310,7 @@ class Trainer:
 
     def save(self, path: Path) -> None:
         """Write the run (weights, EMA, optimizer, schedule, RNG, config, position) to ``path``, atomically."""
+        self._saved = time.monotonic()
         if not self.dist.main:
             return
         save_checkpoint(
