@@ -121,3 +121,34 @@ def test_a_trained_detector_predicts_tiled_images_through_the_cli(digits, digits
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert len(json.loads((tmp_path / "p" / "predictions.json").read_text())) == len(found)
+
+
+def test_a_network_trained_on_tiles_is_evaluated_and_used_on_tiles(digits, digits_run):
+    """With ``input.tile``, evaluation and ``predict`` tile every image as training did."""
+    import copy
+    from dataclasses import asdict
+
+    from conftest import assert_same_detections
+
+    from multibox import load
+    from multibox.data import load_dataset
+    from multibox.data.io import read_image
+    from multibox.detect import detect_tiled
+    from multibox.evaluation import predict_dataset
+    from multibox.inference import Predictor
+
+    detector = load(digits_run / "best.pt", device="cpu")
+    config = copy.deepcopy(detector.config)
+    config.input.tile, config.detect.score_thresh = 32, 0.01
+    tiled = Predictor(detector.model, config, detector.class_names, device="cpu")
+    val, _ = load_dataset(digits, "val")
+    found, _ = predict_dataset(tiled.model, val, config)
+    assert sum(len(d) for d in found) > 0
+    for det, record in zip(found, val.records, strict=True):
+        pixels = read_image(record.image_path)
+        direct = detect_tiled(tiled.model, pixels, tiled.preprocess, asdict(config.detect), 32,
+                              memory_format=tiled.memory_format)  # fmt: skip
+        assert_same_detections(det, direct)
+        assert_same_detections(tiled.predict(pixels), direct)  # tiles by default, as trained
+        whole = tiled.predict(pixels, tile=0)
+        assert len(whole) != len(direct) or not torch.allclose(whole.boxes, direct.boxes)
