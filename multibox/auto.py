@@ -109,15 +109,9 @@ def _input(config: Config, shape: DataShape) -> list[Choice]:
 
 
 def _augmentation(config: Config, shape: DataShape) -> list[Choice]:
-    """Strong augmentation for small datasets; flips unless the objects are chiral."""
+    """Flips unless the objects are chiral; strong augmentation for small datasets, flips (if
+    any) for larger ones."""
     t, choices = config.train, []
-    if t.augment is None:
-        samples = shape.images * (max(1.0, shape.side / config.input.tile) ** 2 if config.input.tile else 1.0)
-        small = samples <= SMALL_DATASET
-        t.augment = "strong" if small else "flip"
-        why = (f"{samples:.0f} training samples: photometric, scale jitter 0.5-1.5 and flips against memorising"
-               if small else f"{samples:.0f} training samples: flips suffice")  # fmt: skip
-        choices.append(Choice("train.augment", t.augment, why))
     if t.hflip is None:
         said = dataset_facts(config.data.path).get("chiral", False)
         chiral = config.data.chiral or said
@@ -126,6 +120,15 @@ def _augmentation(config: Config, shape: DataShape) -> list[Choice]:
                config.data.chiral else "data.chiral: mirrored objects are not objects" if chiral else
                "mirror images are objects too (data.chiral=true says otherwise)")  # fmt: skip
         choices.append(Choice("train.hflip", t.hflip, why))
+    if t.augment is None:
+        samples = shape.images * (max(1.0, shape.side / config.input.tile) ** 2 if config.input.tile else 1.0)
+        if samples <= SMALL_DATASET:
+            t.augment = "strong"
+            why = f"{samples:.0f} training samples: photometric, scale jitter 0.5-1.5 and flips against memorising"
+        else:
+            t.augment = "flip" if t.hflip else "none"
+            why = f"{samples:.0f} training samples: " + ("flips suffice" if t.hflip else "varied enough as they are")
+        choices.insert(0, Choice("train.augment", t.augment, why))
     return choices
 
 

@@ -9,6 +9,7 @@ import torch
 from multibox.anchor_doctor import FixedAnchors, anchor_coverage, draw_missed, suggest_anchors
 from multibox.anchor_doctor.fit import _kmeans_1d
 from multibox.anchors import pyramid_anchors
+from multibox.boxes import box_iou
 from multibox.config import preset
 from multibox.data import DetectionSet, load_dataset
 from multibox.data.io import write_image
@@ -87,6 +88,23 @@ def test_coverage_equals_a_brute_force_count(scenes, resize):
     assert sorted(best[i] for i in missed) == [best[i] for i in missed]  # worst first
     assert {i for i, v in enumerate(best) if v < 0.5} == set(missed)
     assert "all" in coverage.table() and coverage.to_dict(scenes)["missed"][0]["image"].endswith(".jpg")
+
+
+def test_large_images_compare_each_box_with_the_anchors_near_it_and_get_the_whole_grids_answer(tmp_path):
+    # 1024x1024: 16 blocks of 256 px, boxes of 3-200 px anywhere (many across a block's edge)
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 1000, (300, 2))
+    boxes = np.concatenate([xy, np.minimum(xy + rng.uniform(3, 200, (300, 2)), 1024)], axis=1)
+    data = DetectionSet([Record(tmp_path / "big.jpg", 1024, 1024, boxes, np.zeros(300, np.int64))], ["a"])
+    anchors = AnchorConfig(strides=(8, 16, 32), sizes=(12, 30, 60), scales=(1.0, 1.26, 1.59), ratios=(0.5, 1, 2))
+    coverage = anchor_coverage(data, anchors, (1024, 1024), "letterbox", pos_iou=0.5)
+    grid = pyramid_anchors((1024, 1024), anchors.strides, anchors.sizes, anchors.scales, anchors.ratios).double()
+    iou = box_iou(torch.from_numpy(data.records[0].boxes).double(), grid)  # every box against every anchor
+    best, where = iou.max(dim=1)
+    # the same IoUs of the same pairs: equal, and the first of equal anchors as over the whole grid
+    assert torch.equal(coverage.best_iou, best.float())
+    assert torch.equal(coverage.best_anchor, grid[where].float())
+    assert torch.equal(coverage.positives, (iou >= 0.5).sum(dim=1))
 
 
 @pytest.mark.parametrize("resize", ["squish", "letterbox", "minmax"])

@@ -53,7 +53,10 @@ def test_augmentation_follows_the_dataset_size_and_flips_its_chirality(tmp_path)
     assert (config.train.augment, config.train.hflip) == ("strong", 0.5)
     config = _auto("data.chiral=true")
     resolve(config, _data(tmp_path, 3000, 256, 40.0))
-    assert (config.train.augment, config.train.hflip) == ("flip", 0.0)
+    assert (config.train.augment, config.train.hflip) == ("none", 0.0)  # flips off leave nothing to do
+    config = _auto()
+    resolve(config, _data(tmp_path, 3000, 256, 40.0))
+    assert (config.train.augment, config.train.hflip) == ("flip", 0.5)
     write_facts(tmp_path, {"chiral": True})  # the dataset says so itself
     config = _auto(f"data.path={tmp_path}")
     choices = resolve(config, _data(tmp_path, 3000, 256, 40.0))

@@ -24,6 +24,9 @@ __all__ = ["SIZE_BUCKETS", "Coverage", "FixedAnchors", "anchor_coverage", "draw_
 SIZE_BUCKETS = (("small", 0.0, 32.0**2), ("medium", 32.0**2, 96.0**2), ("large", 96.0**2, math.inf))
 
 _CHUNK = 256  # boxes per IoU block (256 x 49,104 anchors of a 512 input: 100 MB in float64)
+# Boxes are compared with the anchors near them, a block of this many input pixels at a time: on a
+# 2048-px image (774,144 anchors) comparing every box with every anchor took minutes.
+_BLOCK = 256
 
 
 def _mean(values: Tensor) -> float | None:
@@ -175,17 +178,43 @@ def _grid(anchors: AnchorConfig | FixedAnchors, size: tuple[int, int]) -> Tensor
     return pyramid_anchors(size, anchors.strides, anchors.sizes, anchors.scales, anchors.ratios).double()
 
 
+def _neighbourhoods(boxes: Tensor, grid: Tensor):
+    """``(rows, near)`` pairs covering every box of ``boxes`` once: the boxes whose centre falls in
+    one :data:`_BLOCK`-pixel block, and the indices (ascending) of the anchors of ``grid`` that
+    overlap any of them. An anchor left out overlaps none of the block's boxes (IoU 0), so the
+    best IoU, the best anchor (the first of equals, as over the whole grid) and the positives are
+    those of the whole grid wherever a box's best IoU is above 0."""
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    block = torch.div(centres, _BLOCK, rounding_mode="floor").long()
+    keys = block[:, 0] * (1 << 20) + block[:, 1]
+    for key in keys.unique():
+        rows = (keys == key).nonzero().squeeze(1)
+        lo, hi = boxes[rows, :2].amin(dim=0), boxes[rows, 2:].amax(dim=0)
+        overlaps = (grid[:, 0] < hi[0]) & (grid[:, 2] > lo[0]) & (grid[:, 1] < hi[1]) & (grid[:, 3] > lo[1])
+        near = overlaps.nonzero().squeeze(1)
+        yield rows, near if len(near) else torch.arange(len(grid))
+
+
 def _match_quality(groups: dict, anchors: AnchorConfig | FixedAnchors, pos_iou: float):
     """Best IoU, best anchor and positive count of every box of ``groups`` (see :func:`_input_boxes`)."""
     best_iou, best_anchor, positives = [], [], []
     for size, (boxes, _) in groups.items():
         grid = _grid(anchors, size)
-        for start in range(0, len(boxes), _CHUNK):
-            iou = box_iou(boxes[start : start + _CHUNK], grid)  # [n, A]
-            value, where = iou.max(dim=1)
-            best_iou.append(value.float())
-            best_anchor.append(grid[where].float())
-            positives.append((iou >= pos_iou).sum(dim=1))
+        n = len(boxes)
+        best, where, count = (
+            torch.zeros(n, dtype=boxes.dtype),
+            torch.zeros(n, dtype=torch.long),
+            torch.zeros(n, dtype=torch.long),
+        )
+        for rows, near in _neighbourhoods(boxes, grid):
+            for start in range(0, len(rows), _CHUNK):
+                chunk = rows[start : start + _CHUNK]
+                iou = box_iou(boxes[chunk], grid[near])  # [n, nearby anchors]
+                best[chunk], index = iou.max(dim=1)
+                where[chunk], count[chunk] = near[index], (iou >= pos_iou).sum(dim=1)
+        best_iou.append(best.float())
+        best_anchor.append(grid[where].float())
+        positives.append(count)
     return torch.cat(best_iou), torch.cat(best_anchor), torch.cat(positives)
 
 

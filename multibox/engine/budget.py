@@ -77,7 +77,7 @@ def fit_budget(
     choices = [Choice("train.epochs", epochs, reason)]
     if t.eval_every is None:
         t.eval_every = every
-        choices.append(Choice("train.eval_every", every, f"about {EVALUATIONS} validations in the run"))
+        choices.append(_validations(config))
     return choices
 
 
@@ -90,8 +90,15 @@ def default_schedule(config: Config, steps_per_epoch: int) -> list[Choice]:
         choices.append(Choice("train.warmup_steps", t.warmup_steps, f"a tenth of the run's {total} steps, at most 200"))
     if t.eval_every is None:
         t.eval_every = max(1, math.ceil(t.epochs / EVALUATIONS))
-        choices.append(Choice("train.eval_every", t.eval_every, f"about {EVALUATIONS} validations in the run"))
+        choices.append(_validations(config))
     return choices
+
+
+def _validations(config: Config) -> Choice:
+    t = config.train
+    count = math.ceil(t.epochs / t.eval_every)
+    when = "every epoch" if t.eval_every == 1 else f"every {t.eval_every} epochs"
+    return Choice("train.eval_every", t.eval_every, f"{when}: {count} validations, at most {EVALUATIONS} in a run")
 
 
 def memorisation(run: Trainer, images: int = 100, gap: float = 0.25) -> str | None:
