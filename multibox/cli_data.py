@@ -177,7 +177,12 @@ def shapes(
 
     start = time.perf_counter()
     try:
-        low, high = (int(v) for v in objects.split(","))
+        try:
+            low, high = (int(v) for v in objects.split(","))
+        except ValueError:
+            raise ValueError(
+                f"--objects {objects!r}: give the objects per scene as MIN,MAX, e.g. --objects 2,8"
+            ) from None
         config = ShapeConfig(size, size, min_side, max_side, low, high, distractors=distractors)
         paths = synthesize_shapes(out, train, val, seed, config)
     except (DataError, ValueError) as error:

@@ -152,3 +152,48 @@ def test_a_network_trained_on_tiles_is_evaluated_and_used_on_tiles(digits, digit
         assert_same_detections(tiled.predict(pixels), direct)  # tiles by default, as trained
         whole = tiled.predict(pixels, tile=0)
         assert len(whole) != len(direct) or not torch.allclose(whole.boxes, direct.boxes)
+
+
+def test_predict_and_eval_warn_of_images_far_larger_than_the_input(digits, digits_run, tmp_path):
+    """A 64x64 network shown 192x192 images without tiles: both commands say so, with the --tile to use."""
+    from typer.testing import CliRunner
+
+    from multibox.cli import app
+    from multibox.data import DetectionSet, load_dataset
+    from multibox.data.io import read_image, write_image
+    from multibox.data.loading import write_dataset
+    from multibox.data.records import Record
+
+    val, _ = load_dataset(digits, "val")
+    train, _ = load_dataset(digits, "train")
+    records = (train.records + val.records)[:9]
+    scenes = [read_image(r.image_path) for r in records]
+    large = np.concatenate([np.concatenate(scenes[i : i + 3], axis=1) for i in (0, 3, 6)], axis=0)
+    boxes = np.concatenate([r.boxes + [64 * (i % 3), 64 * (i // 3)] * 2 for i, r in enumerate(records)])
+    labels = np.concatenate([r.labels for r in records])
+    image = tmp_path / "big" / "JPEGImages" / "big.png"
+    write_image(image, large)
+    big = DetectionSet([Record(image, 192, 192, boxes.astype(np.float32), labels, image_id="big")], val.class_names)
+    write_dataset(big, tmp_path / "big", "voc", "val")
+    weights = str(digits_run / "best.pt")
+    advice = "192x192, 3.0x the network's 64x64 input: its objects shrink 3.0 times; --tile 64"
+    runner = CliRunner()
+    result = runner.invoke(app, ["predict", "--weights", weights, str(image), "--out", str(tmp_path / "p")])
+    assert result.exit_code == 0 and advice in result.output, result.output
+    result = runner.invoke(
+        app, ["predict", "--weights", weights, str(image), "--tile", "64", "--out", str(tmp_path / "q")]
+    )
+    assert result.exit_code == 0 and "warning" not in result.output, result.output
+    args = [
+        "eval",
+        "--weights",
+        weights,
+        "--data",
+        str(tmp_path / "big"),
+        "--split",
+        "val",
+        "--out",
+        str(tmp_path / "e"),
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0 and advice in result.output and "(val: big.png)" in result.output, result.output

@@ -49,6 +49,18 @@ class ShapeConfig:
     max_overlap: float = 0.1
     distractors: int = 4
 
+    def __post_init__(self):
+        if not 0 < self.min_side <= self.max_side < min(self.width, self.height):
+            raise ValueError(
+                f"object sides {self.min_side:g}-{self.max_side:g} px do not fit scenes of {self.width}x{self.height}: "
+                f"give 0 < --min-side <= --max-side < --size"
+            )
+        if not 0 <= self.min_objects <= self.max_objects or self.distractors < 0:
+            raise ValueError(
+                f"objects per scene {self.min_objects},{self.max_objects} and distractors {self.distractors}: "
+                f"give --objects MIN,MAX with 0 <= MIN <= MAX, and --distractors 0 or more"
+            )
+
 
 def _background(photo: np.ndarray, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
     """A random crop of ``photo`` scaled to the scene, its colours and brightness shifted, with
