@@ -4,9 +4,8 @@
     python bench/time_to_accuracy.py --preset default --data data/shapes --minutes 10 [key=value ...]
 
 Both train on the same data pipeline (the preset's augmentation and input; with the ``default``
-preset, what it decides from the data, tiles included)
-for the same wall-clock budget of training time, with the same optimizer and a cosine
-learning rate over the budget (a function of elapsed time, so neither needs to know its
+preset, what it decides from the data, tiles included) for the same budget of training time
+(the steps, not the loading of their batches), with the same optimizer and a cosine learning rate over the budget (a function of elapsed time, so neither needs to know its
 speed in advance), and are evaluated with the same COCO metric on the same validation
 scenes at equal intervals (evaluation time not counted). The peer is torchvision's
 ``RetinaNet`` on the same ImageNet MobileNetV2 (frozen BatchNorm, the same trainable
@@ -136,7 +135,8 @@ def train_for(name, run: Trainer, step, evaluate_now, budget: float, evals: int)
             for group in run.optimizer.param_groups:
                 group["lr"] = base_lr * scale * group["lr_scale"]
             step(images, targets)
-            elapsed += time.perf_counter() - started  # batch loading counts too: it is the same for both
+            # the steps count, the batches' loading (the same pipeline for both) does not
+            elapsed += time.perf_counter() - started
             steps, seen = steps + 1, seen + len(images)
             if elapsed >= next_eval or elapsed >= budget:
                 metrics = evaluate_now()
