@@ -5,8 +5,9 @@
 
 Both train on the same data pipeline (the preset's augmentation and input; with the ``default``
 preset, what it decides from the data, tiles included) for the same budget of training time
-(the steps, not the loading of their batches), with the same optimizer and a cosine learning rate over the budget (a function of elapsed time, so neither needs to know its
-speed in advance), and are evaluated with the same COCO metric on the same validation
+(the steps, not the loading of their batches), with the same optimizer and a cosine learning
+rate over the budget (a function of elapsed time, so neither needs to know its speed in
+advance), and are evaluated with the same COCO metric on the same validation
 scenes at equal intervals (evaluation time not counted). The peer is torchvision's
 ``RetinaNet`` on the same ImageNet MobileNetV2 (frozen BatchNorm, the same trainable
 stages) with a torchvision FPN on C3-C5 and its standard head (4 x 256-channel convs per
