@@ -173,15 +173,11 @@ def predict(
 def _warn_if_large(name, image_size, preprocess) -> bool:
     """Say so (once) when an image is over twice the network's input each way and is not tiled:
     its objects shrink as much, and small ones vanish."""
-    height, width = (int(v) for v in image_size)
-    factor = min(height / preprocess.size[0], width / preprocess.size[1])
-    if preprocess.tile or factor <= 2:
-        return False
-    side = preprocess.size[0]
-    typer.secho(f"warning: {name} is {width}x{height}, {factor:.1f}x the network's {side}x{preprocess.size[1]} input: "
-                f"its objects shrink {factor:.1f} times; --tile {side} cuts it into tiles at its own resolution",
-                fg=typer.colors.YELLOW, err=True)  # fmt: skip
-    return True
+    problem = preprocess.shrinks(image_size)
+    if problem is not None:
+        typer.secho(f"warning: {name} is {problem}; --tile {preprocess.size[0]} cuts it into tiles at its own "
+                    f"resolution", fg=typer.colors.YELLOW, err=True)  # fmt: skip
+    return problem is not None
 
 
 def _image_paths(sources: list[str]) -> list[Path]:
@@ -346,6 +342,7 @@ def serve(
     max_mb: float = typer.Option(20.0, help="largest upload, MB"),
     max_megapixels: float = typer.Option(40.0, help="largest image, megapixels"),
     timeout: float = typer.Option(30.0, help="seconds an inference may take"),
+    tile: int = typer.Option(0, help="cut each image into tiles of N pixels (0: as the model was trained)"),
 ) -> None:
     """Serve a detector over HTTP: POST /v1/detect, GET /healthz, and a web page at /.
 
@@ -367,4 +364,4 @@ def serve(
         typer.secho(f"serving on {host}: reachable from other machines, with no authentication", fg=typer.colors.YELLOW)
     limits = Limits(int(max_mb * 2**20), int(max_megapixels * 1e6), timeout)
     typer.echo(f"multibox serve: {weights} ({predictor.config.model.kind}) on http://{host}:{port}/")
-    uvicorn.run(create_app(predictor, limits), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(predictor, limits, tile or None), host=host, port=port, log_level="info")

@@ -281,3 +281,31 @@ def test_model_grid_shapes_build_the_grid_ssd_they_name():
     assert shaped.outs[0].k == 4
     with pytest.raises(ValueError, match="zooms must be positive"):
         model("model.grid_zooms=[0.0, 1.0]")
+
+
+def test_the_cli_advises_the_input_size_or_tiles_when_few_boxes_can_be_matched(tmp_path):
+    """Objects of 8-14 px in 1024-px images at cpu_digits' 256x256 shrink to 2-4 px: no anchor can
+    reach them, and the doctor says what `multibox train` would use instead."""
+    from typer.testing import CliRunner
+
+    from multibox.auto import recommend_input
+    from multibox.cli import app
+    from multibox.data.loading import write_dataset
+
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(2):
+        path = tmp_path / "big" / "JPEGImages" / f"{i}.jpg"
+        write_image(path, rng.integers(0, 255, (1024, 1024, 3), dtype=np.uint8))
+        xy = rng.uniform(0, 1000, (40, 2))
+        boxes = np.concatenate([xy, xy + rng.uniform(8, 14, (40, 2))], axis=1).astype(np.float32)
+        records.append(Record(path, 1024, 1024, boxes, np.zeros(40, np.int64), image_id=str(i)))
+    data = DetectionSet(records, ["dot"])
+    write_dataset(data, tmp_path / "big", "voc", "train")
+    result = CliRunner().invoke(app, ["anchors", "--data", str(tmp_path / "big"), "--out", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    size, tile = (c.value for c in recommend_input(data))
+    # the 10th percentile (about 9.6 px) at 12 px needs 1.25x: 1280-px inputs, so tiles of 512 at 640
+    assert (size, tile) == ([640, 640], 512)
+    assert "few boxes can be matched at 256x256" in result.output
+    assert "would use input.size=[640, 640] input.tile=512" in result.output

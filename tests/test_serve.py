@@ -104,6 +104,32 @@ def test_detect_health_and_page(served, digits):
     assert status == 200 and form["detections"] == raw["detections"]
 
 
+def test_images_far_larger_than_the_input_are_tiled_on_request_or_answered_with_a_warning(served, digits, digits_run):
+    from multibox.data.io import read_image
+
+    server, detector = served
+    scenes = [read_image(p) for p in sorted((digits / "JPEGImages").glob("*.jpg"))[:9]]
+    large = np.concatenate([np.concatenate(scenes[i : i + 3], axis=1) for i in (0, 3, 6)], axis=0)  # 192x192
+    status, answer = server.request("/v1/detect?conf=0.01", _jpeg(large), {"Content-Type": "image/jpeg"})
+    assert status == 200 and "3.0x the network's 64x64 input" in answer["warning"]
+    assert "multibox serve --tile 64" in answer["warning"]
+    status, small = server.request("/v1/detect", _jpeg(scenes[0]), {"Content-Type": "image/jpeg"})
+    assert status == 200 and "warning" not in small
+    with Server(create_app(detector, tile=64)) as tiled:
+        status, answer = tiled.request("/v1/detect?conf=0.01", _jpeg(large), {"Content-Type": "image/jpeg"})
+    expected = detector.predict(_decoded(large), conf=0.01, tile=64)
+    assert status == 200 and "warning" not in answer and len(answer["detections"]) == len(expected) > 0
+    assert np.allclose([d["box"] for d in answer["detections"]], expected.boxes.tolist(), atol=0.01)
+
+
+def _decoded(pixels: np.ndarray) -> np.ndarray:
+    """``pixels`` as the server sees them: through JPEG and back."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(_jpeg(pixels))) as image:
+        return np.array(image.convert("RGB"))
+
+
 def _png_header(width: int, height: int) -> bytes:
     """A PNG whose header claims ``width x height`` pixels (its data is a stub: never decoded)."""
 

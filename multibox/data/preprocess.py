@@ -112,6 +112,17 @@ class Preprocess:
         size = self.input_size(orig_size) if input_size is None else input_size
         return boxes_to_original(boxes, orig_size, size, self.resize)
 
+    def shrinks(self, image_size: Sequence[int], tile: int | None = None) -> str | None:
+        """What is wrong with showing an image of ``image_size`` (height, width) whole: None when
+        it is tiled (``tile``, default the input's) or at most twice the input each way, else e.g.
+        ``"2048x2048, 8.0x the network's 256x256 input: its objects shrink 8.0 times"``."""
+        height, width = (int(v) for v in image_size)
+        factor = min(height / self.size[0], width / self.size[1])
+        if (self.tile if tile is None else tile) or factor <= 2:
+            return None
+        return (f"{width}x{height}, {factor:.1f}x the network's {self.size[0]}x{self.size[1]} input: "
+                f"its objects shrink {factor:.1f} times")  # fmt: skip
+
     def metadata(self) -> dict:
         """What a runtime needs to feed an exported graph: ``image_size``, ``resize``, ``mean``, ``std``."""
         return {"image_size": list(self.size), "resize": self.resize, "mean": list(self.mean), "std": list(self.std),

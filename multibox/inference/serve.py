@@ -73,8 +73,9 @@ def _decode(data: bytes, limits: Limits) -> np.ndarray:
         raise HTTPException(400, f"the image could not be decoded ({error})") from None
 
 
-def create_app(predictor: Predictor, limits: Limits | None = None):
-    """The FastAPI application serving ``predictor``."""
+def create_app(predictor: Predictor, limits: Limits | None = None, tile: int | None = None):
+    """The FastAPI application serving ``predictor``; ``tile`` cuts each image into tiles of that
+    many pixels (default: as the model was trained)."""
     limits = limits or Limits()
     lock = threading.Lock()
     app = FastAPI(title="multibox", summary="object detection", version="1")
@@ -83,9 +84,15 @@ def create_app(predictor: Predictor, limits: Limits | None = None):
     def infer(pixels: np.ndarray, conf: float | None) -> dict:
         with lock:
             started = time.perf_counter()
-            found = predictor.predict(pixels, conf=conf)
+            found = predictor.predict(pixels, conf=conf, tile=tile)
             elapsed = time.perf_counter() - started
-        return _answer(pixels, found, elapsed)
+        answer = _answer(pixels, found, elapsed)
+        problem = predictor.preprocess.shrinks(pixels.shape[:2], tile)
+        if problem is not None:
+            side = predictor.preprocess.size[0]
+            answer["warning"] = (f"the image is {problem}; `multibox serve --tile {side}` cuts images into tiles at "
+                                 f"their own resolution")  # fmt: skip
+        return answer
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> str:
