@@ -137,20 +137,13 @@ def digits(
 
     Example: multibox data synth digits --out data/digits --train 2000 --val 400
     """
-    import time
-
     from .data.synthetic import SceneConfig, synthesize_digits
 
-    start = time.perf_counter()
-    try:
+    def render():
         chosen = [c.strip() for c in classes.split(",")] if classes else None
-        paths = synthesize_digits(out, train, val, seed, fmt, chosen, SceneConfig(size=size, max_digits=max_digits))
-    except (DataError, ValueError) as error:
-        _fail(error)
-    typer.echo(
-        f"{train} training and {val} validation scenes in {time.perf_counter() - start:.1f} s: "
-        f"{', '.join(f'{k} -> {v}' for k, v in paths.items())}"
-    )
+        return synthesize_digits(out, train, val, seed, fmt, chosen, SceneConfig(size=size, max_digits=max_digits))
+
+    _synthesized(render, train, val)
 
 
 @synth_app.command()
@@ -171,20 +164,31 @@ def shapes(
     Example: multibox data synth shapes --out data/shapes --train 36 --val 12
     Example: multibox data synth shapes --out data/aerial --size 2048 --min-side 10 --max-side 60 --objects 60,160
     """
-    import time
-
     from .data.shapes import ShapeConfig, synthesize_shapes
+
+    def render():
+        config = ShapeConfig(size, size, min_side, max_side, *_min_max(objects), distractors=distractors)
+        return synthesize_shapes(out, train, val, seed, config)
+
+    _synthesized(render, train, val)
+
+
+def _min_max(text: str) -> tuple[int, int]:
+    try:
+        low, high = (int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--objects {text!r}: give the objects per scene as MIN,MAX, e.g. --objects 2,8") from None
+    return low, high
+
+
+def _synthesized(render, train: int, val: int) -> None:
+    """Run ``render`` (a synthesizer returning each split's path), stop with its error, or say
+    what it wrote and how long it took."""
+    import time
 
     start = time.perf_counter()
     try:
-        try:
-            low, high = (int(v) for v in objects.split(","))
-        except ValueError:
-            raise ValueError(
-                f"--objects {objects!r}: give the objects per scene as MIN,MAX, e.g. --objects 2,8"
-            ) from None
-        config = ShapeConfig(size, size, min_side, max_side, low, high, distractors=distractors)
-        paths = synthesize_shapes(out, train, val, seed, config)
+        paths = render()
     except (DataError, ValueError) as error:
         _fail(error)
     typer.echo(
