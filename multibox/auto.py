@@ -41,8 +41,13 @@ class Choice:
     value: object
     reason: str
 
+    @property
+    def setting(self) -> str:
+        """``key=value`` as written on the command line."""
+        return f"{self.key}={_shown(self.value)}"
+
     def __str__(self) -> str:
-        return f"{self.key}={_shown(self.value)}: {self.reason}"
+        return f"{self.setting}: {self.reason}"
 
 
 def _shown(value) -> str:

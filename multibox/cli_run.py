@@ -248,16 +248,12 @@ def anchors(
         _fail(error)
     _anchor_report(data, split, preset, size, config, dataset, coverage, suggested, overrides, out)
     if max(coverage.matched, suggested.matched) < LOW_COVERAGE:
-        advice = " ".join(f"{c.key}={_listed(c.value)}" for c in recommend_input(dataset))
+        advice = " ".join(choice.setting for choice in recommend_input(dataset))
         typer.echo(f"\nfew boxes can be matched at {size[0]}x{size[1]}: for these objects `multibox train` would "
                    f"use {advice} (the default recipe decides this itself)")  # fmt: skip
 
 
 LOW_COVERAGE = 0.6  # below this share of boxes matched, the doctor advises another input size or tiles
-
-
-def _listed(value) -> str:
-    return "[" + ", ".join(str(v) for v in value) + "]" if isinstance(value, list | tuple) else str(value)
 
 
 def _anchor_report(data, split, preset, size, config, dataset, coverage, suggested, overrides, out) -> None:

@@ -200,12 +200,8 @@ def _match_quality(groups: dict, anchors: AnchorConfig | FixedAnchors, pos_iou: 
     best_iou, best_anchor, positives = [], [], []
     for size, (boxes, _) in groups.items():
         grid = _grid(anchors, size)
-        n = len(boxes)
-        best, where, count = (
-            torch.zeros(n, dtype=boxes.dtype),
-            torch.zeros(n, dtype=torch.long),
-            torch.zeros(n, dtype=torch.long),
-        )
+        best = torch.zeros(len(boxes), dtype=boxes.dtype)
+        where, count = torch.zeros(len(boxes), dtype=torch.long), torch.zeros(len(boxes), dtype=torch.long)
         for rows, near in _neighbourhoods(boxes, grid):
             for start in range(0, len(rows), _CHUNK):
                 chunk = rows[start : start + _CHUNK]
