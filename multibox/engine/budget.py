@@ -7,7 +7,6 @@ import copy
 import math
 import statistics
 import time
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -16,9 +15,6 @@ from ..config import Config
 from ..data.records import DetectionSet
 from ..evaluation import evaluate
 
-if TYPE_CHECKING:
-    from .trainer import Trainer
-
 __all__ = ["default_schedule", "fit_budget", "memorisation", "time_steps"]
 
 EVALUATIONS = 8  # validations in a run whose evaluation interval is auto
@@ -26,11 +22,10 @@ EVALUATIONS = 8  # validations in a run whose evaluation interval is auto
 EVAL_SHARE = 0.5
 
 
-def time_steps(run: Trainer, steps: int = 5, warmup: int = 2) -> float:
-    """Mean seconds of a training step (loading, and a new epoch's start, included) over ``steps``
-    after ``warmup``;
-    the model, optimizer, scaler and RNG are restored afterwards, so the run starts as if
-    nothing had been timed."""
+def time_steps(run, steps: int = 5, warmup: int = 2) -> float:
+    """Mean seconds of a training step of ``run`` (a :class:`~multibox.engine.Trainer`; loading,
+    and a new epoch's start, included) over ``steps`` after ``warmup``; the model, optimizer,
+    scaler and RNG are restored afterwards, so the run starts as if nothing had been timed."""
     saved = (copy.deepcopy(run.model.state_dict()), copy.deepcopy(run.optimizer.state_dict()),
              run.scaler.state_dict(), torch.get_rng_state())  # fmt: skip
     times: list[float] = []
@@ -101,9 +96,10 @@ def _validations(config: Config) -> Choice:
     return Choice("train.eval_every", t.eval_every, f"{when}: {count} validations, at most {EVALUATIONS} in a run")
 
 
-def memorisation(run: Trainer, images: int = 100, gap: float = 0.25) -> str | None:
-    """A warning when the final model scores far better on (up to ``images``) training images than
-    on the validation split: AP50 ``gap`` or more above it."""
+def memorisation(run, images: int = 100, gap: float = 0.25) -> str | None:
+    """A warning when the final model of ``run`` (a finished :class:`~multibox.engine.Trainer`)
+    scores far better on (up to ``images``) training images than on the validation split: AP50
+    ``gap`` or more above it."""
     val = run.metrics.get("AP50")
     if val is None or run.val_data is None:
         return None
