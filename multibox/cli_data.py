@@ -49,19 +49,26 @@ def check(
     path: Path = typer.Argument(..., help="dataset to check"),
     fmt: str | None = typer.Option(None, "--format", help=FORMAT_HELP),
     split: str | None = typer.Option(None, help="one split (default: all)"),
-    plot: Path | None = typer.Option(Path("box_statistics.png"), help="PNG of box size and aspect histograms"),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        "--plot",
+        help="PNG of box size and aspect histograms (default: box_statistics.png beside the dataset's annotations)",
+    ),
     no_plot: bool = typer.Option(False, "--no-plot", help="do not write the histograms"),
     decode: bool = typer.Option(True, help="decode every image to find corrupt files"),
     images: Path | None = typer.Option(None, help=IMAGES_HELP),
 ) -> None:
-    """Summarise a dataset and list every problem (file, line or annotation id, box). Exit 1 if any.
+    """Summarise a dataset and list every problem (file, line or annotation id, box; missing,
+    truncated or corrupt images), and warn of classes that only other splits than train hold.
+    Exit 1 if there is a problem.
 
-    Example: multibox data check data/digits --plot boxes.png
+    Example: multibox data check data/digits --out boxes.png
     """
-    from .data.check import check_dataset, plot_box_statistics
+    from .data.check import check_dataset, plot_box_statistics, unseen_warning
 
     try:
-        results, last = check_dataset(path, fmt, split, decode, images)
+        results, datasets = check_dataset(path, fmt, split, decode, images)
     except (DataError, ValueError) as error:
         _fail(error)
     total = 0
@@ -74,10 +81,16 @@ def check(
         typer.echo("  classes: " + ", ".join(f"{k} {v}" for k, v in s["classes"].items()))
         for problem in result.problems:
             typer.echo(f"  problem: {problem}")
+        if result.unseen:
+            typer.secho(f"  warning: {unseen_warning(result.split, result.unseen)}", fg=typer.colors.YELLOW)
         total += len(result.problems)
-    if plot is not None and not no_plot and last is not None:
-        plot_box_statistics(last, plot)
-        typer.echo(f"box statistics: {plot}")
+    if not no_plot and datasets:
+        target = out or (path if path.is_dir() else path.parent) / "box_statistics.png"
+        try:
+            plot_box_statistics(datasets, target)
+        except OSError as error:
+            _fail(error)
+        typer.echo(f"box statistics ({', '.join(datasets)}): {target}")
     typer.echo(f"{total} problem(s) found")
     if total:
         raise typer.Exit(1)

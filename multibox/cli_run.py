@@ -20,29 +20,73 @@ def train(
     overrides: list[str] = typer.Argument(None, help="section.key=value overrides, e.g. train.lr=0.02"),
     config: Path | None = typer.Option(None, "--config", help="preset name or YAML recipe (see multibox/configs)"),
     preset: str | None = typer.Option(None, "--preset", help="a named preset: " + ", ".join(PRESETS)),
-    resume: Path | None = typer.Option(None, help="continue from a last.pt"),
+    resume: Path | None = typer.Option(
+        None,
+        help="continue a run from its last.pt (or its folder), with its own configuration unless --config is given",
+    ),
 ) -> None:
     """Train a detector; outputs (checkpoints, logs, plots, resolved config) go to `output`.
 
     Without --config or --preset: the `default` recipe, which decides its input size, tiling,
     anchors, augmentation and schedule from the training data (printed, and kept in config.yaml).
+    Ctrl-C (or SIGTERM) saves last.pt at the current step and prints the command that resumes.
 
     Example: multibox train data.path=data/my_dataset
     Example: multibox train --config retinanet_r50_fpn data.path=data/voc train.epochs=12
     Example: multibox train --preset single_object data.path=data/digits
+    Example: multibox train --resume runs/exp/last.pt
     """
     from .config import load_config
     from .engine import train as run
+    from .engine.interrupts import Interrupted
+    from .engine.trainer import RunFinished
 
     if config is not None and preset is not None:
         _fail(ConfigError("give --config or --preset, not both"))
     try:
-        metrics = run(load_config(config or preset or "default", overrides or []), resume=resume)
-    except (ConfigError, DataError, ValueError, FloatingPointError, RuntimeError) as error:
+        if resume is not None:
+            resume = _checkpoint_path(resume)
+        if resume is not None and config is None and preset is None:
+            recipe = _resumed_config(resume, overrides or [])
+        else:
+            recipe = load_config(config or preset or "default", overrides or [])
+        metrics = run(recipe, resume=resume)
+    except (ConfigError, DataError, ValueError, FloatingPointError, RuntimeError, OSError) as error:
         _fail(error)
+    except RunFinished as finished:
+        typer.echo(str(finished))
+        raise typer.Exit(0) from None
+    except Interrupted as stopped:
+        typer.secho(str(stopped), fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(stopped.exit_code) from None
+    except KeyboardInterrupt:
+        typer.secho("interrupted: stopped at once (last.pt, if any, is the last one saved)", fg=typer.colors.YELLOW,
+                    err=True)  # fmt: skip
+        raise typer.Exit(130) from None
     if metrics:
         shown = [k for k in ("AP", "AP50", "AP75", "accuracy", "IoU", "L1", "mAP", "F1") if k in metrics]
         typer.echo("final: " + "  ".join(f"{k} {metrics[k]:.4f}" for k in shown))
+
+
+def _checkpoint_path(path: Path) -> Path:
+    """``path``, or the ``last.pt`` in it if it is a run's folder; a CheckpointError if there is none."""
+    from .checkpoint import CheckpointError
+
+    if path.is_dir():
+        path = path / "last.pt"
+    if not path.is_file():
+        runs = sorted(str(p) for p in path.parent.glob("*.pt")) if path.parent.is_dir() else []
+        raise CheckpointError(f"{path}: checkpoint not found" + (f" (here: {', '.join(runs)})" if runs else ""))
+    return path
+
+
+def _resumed_config(path: Path, overrides: list[str]):
+    """The configuration a checkpoint was trained with, updated by ``overrides``."""
+    from .checkpoint import load_checkpoint
+    from .config import config_from_dict, load_config
+
+    saved = config_from_dict(load_checkpoint(path)["config"], f"{path} (its configuration)")
+    return load_config(None, overrides, base=saved)
 
 
 def lr_find(

@@ -366,6 +366,28 @@ AUTO_KEYS = frozenset({
 })  # fmt: skip
 
 
+# The numbers a setting may take, (lowest, highest) with None for no bound: a run that could
+# only do nothing (train.epochs=0) or a threshold no score reaches is refused when it is read
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    "train.epochs": (1, None), "train.batch_size": (1, None), "train.lr": (1e-12, None),
+    "train.time_budget": (0, None), "train.warmup_steps": (0, None), "train.eval_every": (1, None),
+    "train.checkpoint_every": (0, None), "train.max_steps": (0, None), "train.max_bad_steps": (0, None),
+    "train.workers": (0, None), "train.hflip": (0, 1), "train.ema_decay": (0, 0.999999), "train.momentum": (0, 1),
+    "train.weight_decay": (0, None), "train.clip_grad": (0, None), "input.tile": (0, None),
+    "detect.score_thresh": (0, 1), "detect.nms_iou": (0, 1), "detect.topk": (1, None), "detect.max_det": (1, None),
+}  # fmt: skip
+
+
+def _in_range(value: Any, where: str) -> Any:
+    low, high = RANGES.get(where, (None, None))
+    if value is None or (low is None and high is None):
+        return value
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"at least {low:g}" if high is None else f"between {low:g} and {high:g}"
+        raise ConfigError(f"{where} must be {bounds}, got {value!r}")
+    return value
+
+
 def _coerce(value: Any, default: Any, where: str) -> Any:
     """``value`` in the type of the field's default, or a ConfigError naming the field."""
     if where in AUTO_KEYS and value in (None, "auto"):
@@ -401,7 +423,7 @@ def _apply(target, data: dict, where: str, prefix: str = "") -> None:
                 raise ConfigError(f"'{name}' in {where} must be a mapping of settings")
             _apply(current, value, where, name)
         else:
-            setattr(target, key, _coerce(value, _default(target, key), name))
+            setattr(target, key, _in_range(_coerce(value, _default(target, key), name), name))
 
 
 def _default(target, key: str) -> Any:
@@ -418,10 +440,12 @@ def config_from_dict(data: dict, where: str = "a configuration") -> Config:
     return config
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """The defaults, updated by the YAML file at ``path`` (or the preset of that name) and then by
-    ``key=value`` overrides."""
-    config = Config()
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), base: Config | None = None
+) -> Config:
+    """The defaults (or a copy of ``base``), updated by the YAML file at ``path`` (or the preset of
+    that name) and then by ``key=value`` overrides."""
+    config = copy.deepcopy(base) if base is not None else Config()
     if path is not None and str(path) in PRESETS and not Path(path).is_file():
         config = preset(str(path))
     elif path is not None:

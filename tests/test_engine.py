@@ -65,7 +65,7 @@ def test_checkpoint_is_atomic_and_weights_only(tmp_path):
     torch.save({"obj": Payload()}, tmp_path / "evil.pt")
     with pytest.raises(RuntimeError, match=r"not a readable multibox checkpoint"):
         load_checkpoint(tmp_path / "evil.pt")
-    with pytest.raises(FileNotFoundError, match=r"checkpoint not found"):
+    with pytest.raises(RuntimeError, match=r"checkpoint not found"):
         load_checkpoint(tmp_path / "missing.pt")
 
 

@@ -15,6 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import DataError
+from .io import damage
+
 __all__ = [
     "POLICIES",
     "DataError",
@@ -27,10 +30,6 @@ __all__ = [
 ]
 
 POLICIES = ("error", "clip", "skip")
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file, the line or annotation, and what to do."""
 
 
 @dataclass(frozen=True)
@@ -222,10 +221,12 @@ def validate(
     report.skipped_boxes += len(dataset.problems)
     records = []
     for record in dataset.records:
-        if check_files and not record.image_path.is_file():
-            report.problems.append(Problem(str(record.image_path), "image file not found"))
-            report.skipped_images += 1
-            continue
+        if check_files:
+            problem = "image file not found" if not record.image_path.is_file() else damage(record.image_path)
+            if problem:
+                report.problems.append(Problem(str(record.image_path), problem))
+                report.skipped_images += 1
+                continue
         record = _snap_to_edges(record)
         found = box_problems(record)
         report.problems += [p for _, p in found]
@@ -246,7 +247,8 @@ def validate(
         more = f"\n  ... and {len(report.problems) - 20} more" if len(report.problems) > 20 else ""
         raise DataError(
             f"{len(report.problems)} problem(s) in the dataset:\n{shown}{more}\n"
-            "Fix the annotations, or load with policy 'clip' (repair boxes partly outside the image, "
-            "skip the rest) or 'skip' (drop every box with a problem). `multibox data check` lists them all."
+            "Fix the annotations or files, or repair what can be: data.policy=clip for `multibox train` (--policy clip "
+            "for `multibox data convert`) clips boxes partly outside the image and skips the rest; data.policy=skip "
+            "drops every box and image with a problem. `multibox data check DATASET` lists them all."
         )
     return replace(dataset, records=records, problems=[]), report

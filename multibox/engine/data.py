@@ -11,6 +11,7 @@ from torch.utils.data import Sampler
 
 from ..config import Config
 from ..data import DetectionSet, load_dataset
+from ..data.check import unseen_classes, unseen_warning
 
 __all__ = ["EpochSampler", "load_splits"]
 
@@ -59,6 +60,9 @@ def load_splits(config: Config, output: Path | None = None) -> tuple[DetectionSe
         print(f"training data: {str(report).splitlines()[0]} (details in {output / 'data_report.txt'})")
     if not train_data.records:
         raise ValueError(f"{d.path}: the '{d.train_split}' split has no images")
+    unseen = unseen_classes(train_data.summary(), val_data.summary()) if val_data is not None else {}
+    if unseen and output is not None:
+        print(f"warning: {unseen_warning(d.val_split, unseen, d.train_split)}")
     if d.one_class:
         train_data = train_data.one_class(d.one_class)
         val_data = val_data.one_class(d.one_class) if val_data is not None else None

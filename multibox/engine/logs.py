@@ -13,7 +13,7 @@ from torch import Tensor
 
 from .distributed import Distributed
 
-__all__ = ["Logs", "logged", "plot_losses", "progress"]
+__all__ = ["Logs", "logged", "plot_losses", "progress", "truncate_logs"]
 
 
 class Logs:
@@ -44,6 +44,25 @@ class Logs:
 
     def close(self) -> None:
         self.tensorboard.close()
+
+
+def truncate_logs(folder: Path, last_steps: dict[str, int]) -> None:
+    """Drop the rows of ``FOLDER/NAME.csv`` after step ``last_steps[NAME]`` (those a run wrote after
+    the checkpoint it resumes from), and the TensorBoard events after the earliest of them."""
+    for name, last in last_steps.items():
+        path = folder / f"{name}.csv"
+        if not path.is_file():
+            continue
+        with path.open(newline="") as handle:
+            rows = list(csv.reader(handle))
+        kept = rows[:1] + [row for row in rows[1:] if row and float(row[0]) <= last]
+        if len(kept) < len(rows):
+            with path.open("w", newline="") as handle:
+                csv.writer(handle).writerows(kept)
+    if (folder / "tensorboard").is_dir():
+        from torch.utils.tensorboard import SummaryWriter
+
+        SummaryWriter(str(folder / "tensorboard"), purge_step=min(last_steps.values()) + 1).close()
 
 
 def logged(losses: dict[str, Tensor], dist: Distributed) -> dict[str, float]:

@@ -18,10 +18,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ..auto import resolve
-from ..checkpoint import load_checkpoint, save_checkpoint
-from ..config import Config, TrainConfig
+from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..config import Config, TrainConfig, config_from_dict
 from ..data.dataset import DetectionDataset, detection_collate
-from ..data.io import atomic_write_text
+from ..data.io import atomic_write_text, remove_temporary
 from ..data.preprocess import Preprocess
 from ..kinds import build_criterion, build_model, kind_of
 from ..models.autocast import guard_bf16_strided_convs
@@ -32,12 +32,21 @@ from .data import EpochSampler, load_splits
 from .distributed import setup
 from .ema import ModelEMA
 from .evaluate import evaluate
-from .logs import Logs, logged, plot_losses, progress
+from .interrupts import Interrupted, Interrupts
+from .logs import Logs, logged, plot_losses, progress, truncate_logs
 from .optim import build_optimizer, lr_factor, precision, resolve_device
 
-__all__ = ["Trainer", "train"]
+__all__ = ["RunFinished", "Trainer", "train"]
 
 SAVE_INTERVAL = 30.0  # seconds between the end-of-epoch saves of last.pt
+
+
+class RunFinished(Exception):
+    """A resumed checkpoint that is already at the end of its run; the message says how to train longer."""
+
+
+def _listed(names: list[str], most: int = 12) -> str:
+    return ", ".join(names[:most]) + (f", ... ({len(names) - most} more)" if len(names) > most else "")
 
 
 def _check_precompute(config: TrainConfig, device: torch.device) -> None:
@@ -173,20 +182,16 @@ class Trainer:
     def fit(self, resume: str | Path | None = None, show_progress: bool = True) -> dict:
         """Train to the end of the schedule (or ``train.max_steps``), evaluating on the validation
         split every ``train.eval_every`` epochs and keeping ``best.pt`` by the kind's metric and
-        ``last.pt``; from the position of ``resume`` if given. Returns the last evaluation's metrics."""
+        ``last.pt``; from the position of ``resume`` if given. Returns the last evaluation's metrics.
+
+        Ctrl-C or SIGTERM ends the current step, saves ``last.pt`` and raises :class:`Interrupted`
+        (its message: the command that resumes); a second signal stops at once."""
         self._begin(resume)
         try:
-            while self.state["step"] < self.total_steps:
-                epoch = self._train_epoch(show_progress)
-                finished = self.state["step"] >= self.total_steps
-                due = self.state["batch"] == 0 and (epoch + 1) % self.config.train.eval_every == 0
-                if self.val_data is not None and (due or finished):
-                    self.evaluate_and_keep_best(epoch)
-                # at the end of every epoch, but not more than twice a minute (runs of tiny epochs)
-                if finished or time.monotonic() - self._saved >= SAVE_INTERVAL:
-                    self.save(self.output / "last.pt")
-                if finished:
-                    break
+            with Interrupts(self.dist, self.device) as interrupts:
+                self._run(interrupts, show_progress)
+                if interrupts.signum is not None:
+                    self._stop(interrupts)
         finally:
             if self.logs is not None:
                 self.logs.close()
@@ -199,30 +204,104 @@ class Trainer:
                 print(warning)
         return self.metrics
 
+    def _run(self, interrupts: Interrupts, show_progress: bool) -> None:
+        state = self.state
+        if state["pending_eval"] is not None:  # the run was interrupted during this evaluation
+            if not self._evaluate(state["pending_eval"], interrupts):
+                return
+        while state["step"] < self.total_steps:
+            epoch = self._train_epoch(show_progress, interrupts)
+            if interrupts.signum is not None:
+                return
+            finished = state["step"] >= self.total_steps
+            due = state["batch"] == 0 and (epoch + 1) % self.config.train.eval_every == 0
+            if self.val_data is not None and (due or finished) and not self._evaluate(epoch, interrupts):
+                return
+            # at the end of every epoch, but not more than twice a minute (runs of tiny epochs)
+            if finished or time.monotonic() - self._saved >= SAVE_INTERVAL:
+                self.save(self.output / "last.pt")
+
+    def _evaluate(self, epoch: int, interrupts: Interrupts) -> bool:
+        """:meth:`evaluate_and_keep_best`, which a first signal interrupts at once: then False, and
+        the saved position says that this evaluation is still to do."""
+        state = self.state
+        state["pending_eval"], best = epoch, state["best"]
+        try:
+            with interrupts.at_once():
+                self.evaluate_and_keep_best(epoch)
+        except KeyboardInterrupt:
+            if interrupts.count != 1:  # a second signal, or an interrupt that is not ours
+                raise
+            state["best"] = best  # best.pt may not have been written
+            return False
+        state["pending_eval"] = None
+        return True
+
+    def _stop(self, interrupts: Interrupts) -> None:
+        """After a signal: save the position to ``last.pt`` and raise :class:`Interrupted`."""
+        path = self.output / "last.pt"
+        with interrupts.at_once():  # a second signal while saving: stop, the previous last.pt intact
+            self.save(path)
+        state = self.state
+        raise Interrupted(
+            f"{interrupts.name}: stopped at step {state['step']} of {self.total_steps} (epoch {state['epoch']}), "
+            f"saved {path}; continue with: multibox train --resume {path}",
+            interrupts.signum,
+        )
+
     def _begin(self, resume: str | Path | None) -> None:
         t, main = self.config.train, self.dist.main
         self.steps_per_epoch = len(self.dataset) // (t.batch_size * self.dist.world)
         if self.steps_per_epoch == 0:
             raise ValueError(f"train.batch_size {t.batch_size} is larger than the {len(self.dataset)} training images")
-        if resume is None:
+        if main and remove_temporary(self.output):
+            print(f"removed the temporary files of an interrupted write in {self.output}")
+        saved = load_checkpoint(resume, map_location=self.device) if resume is not None else None
+        if saved is None:
             self._decide_schedule()
+        else:  # what the recipe leaves auto, the resumed run decided
+            decided = config_from_dict(saved["config"], f"{resume} (its configuration)").train
+            for key in ("epochs", "warmup_steps", "eval_every"):
+                if getattr(t, key) is None:
+                    setattr(t, key, getattr(decided, key))
         schedule_steps = self.steps_per_epoch * t.epochs
         # max_steps stops a run early without changing its schedule, so that it can be resumed
         self.total_steps = min(schedule_steps, t.max_steps) if t.max_steps else schedule_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(t, schedule_steps))
         self.ema = ModelEMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
-        self.state = {"epoch": 0, "batch": 0, "step": 0, "best": -math.inf, "bad_steps": 0, "metrics": {}}
+        self.state = {"epoch": 0, "batch": 0, "step": 0, "best": -math.inf, "bad_steps": 0, "metrics": {},
+                      "pending_eval": None}  # fmt: skip
         if resume is not None:
-            self.resume(resume)
+            self.resume(resume, saved)
+            self._check_unfinished(resume, schedule_steps)
         if main:
             decided = "".join(f"# auto: {choice}\n" for choice in self.choices)
             atomic_write_text(self.output / "config.yaml", decided + self.config.to_yaml())
             if t.warmup_steps >= schedule_steps:
                 print(f"warning: train.warmup_steps ({t.warmup_steps}) is not shorter than the run ({schedule_steps} "
                       f"steps): the learning rate never reaches train.lr; lower train.warmup_steps")  # fmt: skip
+        if main and resume is not None:  # rows a killed run wrote after its checkpoint go: they are redone
+            step, pending = self.state["step"], self.state["pending_eval"] is not None
+            truncate_logs(self.output, {"train_log": step, "val_log": step - 1 if pending else step})
         self.logs = Logs(self.output, resume is not None) if main else None
         self._saved = time.monotonic()
         self.metrics: dict = self.state["metrics"]
+
+    def _check_unfinished(self, resume: str | Path, schedule_steps: int) -> None:
+        """A :class:`RunFinished` when the checkpoint is at the end of the run (or of ``train.max_steps``)."""
+        t, step, metrics = self.config.train, self.state["step"], self.state["metrics"]
+        final = "".join(f", {k} {metrics[k]:.4f}" for k in ("AP", "AP50", "accuracy", "mAP") if k in metrics)
+        if step >= schedule_steps:
+            raise RunFinished(
+                f"{resume}: this run is finished ({t.epochs} epochs, step {step} of {schedule_steps}{final}); to "
+                f"train longer, resume with more epochs: multibox train --resume {resume} train.epochs={2 * t.epochs} "
+                f"(the learning-rate schedule is stretched to the new length)"
+            )
+        if step >= self.total_steps:
+            raise RunFinished(
+                f"{resume}: this run stopped at train.max_steps={t.max_steps} (step {step} of {schedule_steps}); to "
+                f"go on: multibox train --resume {resume} train.max_steps=0"
+            )
 
     def _decide_schedule(self) -> None:
         """``train.epochs``, ``warmup_steps`` and ``eval_every`` left ``auto``: from
@@ -245,7 +324,7 @@ class Trainer:
         tile = self.preprocess.tile
         return _tiles(self.val_data or self.train_data, tile) * 1.6 if tile else 1.0
 
-    def _train_epoch(self, show_progress: bool) -> int:
+    def _train_epoch(self, show_progress: bool, interrupts: Interrupts | None = None) -> int:
         """Steps from the current position to the end of its epoch (or of the run); returns the epoch."""
         epoch, state = self.state["epoch"], self.state
         self.model.train()
@@ -266,7 +345,7 @@ class Trainer:
             bar(row)
             if self.config.train.checkpoint_every and state["step"] % self.config.train.checkpoint_every == 0:
                 self.save(self.output / "last.pt")
-            if state["step"] >= self.total_steps:
+            if state["step"] >= self.total_steps or (interrupts is not None and interrupts.requested()):
                 break
         bar(None)
         if state["batch"] >= self.steps_per_epoch:
@@ -328,9 +407,12 @@ class Trainer:
             },
         )
 
-    def resume(self, path: str | Path) -> None:
-        """Continue from a checkpoint of :meth:`save`: weights, optimizer, schedule, RNG, position."""
-        saved = load_checkpoint(path, map_location=self.device)
+    def resume(self, path: str | Path, saved: dict | None = None) -> None:
+        """Continue from a checkpoint of :meth:`save` (``saved``: its contents, read already):
+        weights, optimizer, schedule, RNG, position; a :class:`CheckpointError` if it is another
+        run's (other classes, another network)."""
+        saved = saved if saved is not None else load_checkpoint(path, map_location=self.device)
+        self._check_same_run(path, saved)
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
@@ -339,7 +421,39 @@ class Trainer:
             self.ema.load_state_dict(saved["ema"])
         torch.set_rng_state(saved["rng"])
         saved.setdefault("best", saved.get("best_ap", -math.inf))  # checkpoints before the single-object steps
-        self.state.update({k: saved[k] for k in self.state})
+        self.state.update({k: saved.get(k, v) for k, v in self.state.items()})
+
+    def _check_same_run(self, path: str | Path, saved: dict) -> None:
+        names, have = list(saved["class_names"]), list(self.train_data.class_names)
+        if names != have:
+            raise CheckpointError(
+                f"{path}: this checkpoint was trained on {len(names)} classes ({_listed(names)}) and the data "
+                f"({self.config.data.path}) has {len(have)} ({_listed(have)}); resume it with its own data "
+                f"(data.path=...), or train a new run on this data without --resume"
+            )
+        before = config_from_dict(saved["config"], f"{path} (its configuration)").to_dict()
+        now = self.config.to_dict()
+        changed = [
+            f"{key}: {a} -> {b}"
+            for part in ("model", "input")
+            for key, a, b in _differences(before[part], now[part], part)
+        ]
+        if changed:
+            raise CheckpointError(
+                f"{path}: this checkpoint is another network than the configuration asks for ({'; '.join(changed)});"
+                f" resume without --config and these overrides (`multibox train --resume {path}` uses the "
+                f"checkpoint's own configuration)"
+            )
+
+
+def _differences(a: dict, b: dict, prefix: str):
+    """``(key, value in a, value in b)`` for each setting that differs between two nested dicts."""
+    for key in a:
+        name = f"{prefix}.{key}"
+        if isinstance(a[key], dict) and isinstance(b.get(key), dict):
+            yield from _differences(a[key], b[key], name)
+        elif a[key] != b.get(key):
+            yield name, a[key], b.get(key)
 
 
 def train(config: Config, resume: str | Path | None = None, progress: bool = True) -> dict:

@@ -27,7 +27,7 @@ def _ids(root: Path, split: str | None) -> list[str]:
         if split not in ("all",):
             raise DataError(
                 f"{listing}: split list not found; VOC splits are listed in ImageSets/Main/<split>.txt "
-                f"(pass split='all' to read every file in Annotations/)"
+                f"(or use every file in Annotations/ with the split 'all': data.train_split=all, --split all)"
             )
     return sorted(p.stem for p in (root / "Annotations").glob("*.xml"))
 
