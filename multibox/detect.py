@@ -9,7 +9,7 @@ images (``input.tile``) is evaluated and used as it was trained.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -59,14 +59,18 @@ def detect_tiled(
     overlap: float = TILE_OVERLAP,
     batch_size: int = 8,
     memory_format: torch.memory_format = torch.contiguous_format,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Detections:
     """Detections of one image cut into overlapping ``tile x tile`` windows
     (:func:`~multibox.tiling.tile_windows`), each detected as an image of its own, ``batch_size``
     at a time, the pieces an edge cuts joined and the rest merged by NMS
-    (:func:`~multibox.tiling.merge_tiles`). ``max_det`` applies per tile."""
+    (:func:`~multibox.tiling.merge_tiles`). ``max_det`` applies per tile. ``progress(done, total)``
+    is called after each batch of tiles."""
     windows = tile_windows(image.shape[0], image.shape[1], tile, overlap)
     crops = [image[y1:y2, x1:x2] for x1, y1, x2, y2 in windows]
     found = []
     for start in range(0, len(crops), batch_size):
         found += detect_images(model, crops[start : start + batch_size], preprocess, settings, memory_format)
+        if progress is not None:
+            progress(len(found), len(crops))
     return merge_tiles(found, windows, image.shape[:2], nms_iou=settings["nms_iou"])

@@ -163,10 +163,15 @@ def export_onnx(
     asked = {"score_thresh": score_thresh, "nms_iou": nms_iou, "max_det": max_det}
     settings.update({k: v for k, v in asked.items() if v is not None})
     path = Path(path)
-    temporary = path.with_name(path.name + ".tmp")
-    _trace(predictor, temporary, nms, dynamic_batch, settings, opset)
-    if int8:
-        _quantize(temporary, predictor, calib, calib_images)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.export.tmp")  # hidden; removed whatever goes wrong
+    try:
+        _trace(predictor, temporary, nms, dynamic_batch, settings, opset)
+        if int8:
+            _quantize(temporary, predictor, calib, calib_images)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
     metadata = {
         "class_names": predictor.class_names,
         **predictor.preprocess.metadata(),

@@ -99,8 +99,8 @@ def merge_tiles(
     labels = torch.cat([d.labels.cpu() for d in detections])
     tile_index = torch.cat([torch.full((len(d),), i) for i, d in enumerate(detections)])
     cut = _cut_sides(boxes, tiles, (int(image_size[0]), int(image_size[1])), margin)  # left, top, right, bottom
-    pairs = _pieces_of_one_object(boxes, labels, tile_index, cut, join_iou, contain)
-    group = _components(pairs)
+    pairs = _pieces_of_one_object(boxes, labels, tile_index, windows, cut, join_iou, contain)
+    group = _components(len(boxes), pairs)
     joined = torch.empty((int(group.max()) + 1, 4))
     joined[:, :2] = torch.full_like(joined[:, :2], math.inf).scatter_reduce(
         0, group[:, None].expand(-1, 2), boxes[:, :2], "amin"
@@ -127,24 +127,64 @@ def _in_image(detections: Sequence[Detections], windows: Sequence[Sequence[int]]
 
 
 def _pieces_of_one_object(
-    boxes: Tensor, labels: Tensor, tile_index: Tensor, cut: Tensor, join_iou: float, contain: float
+    boxes: Tensor,
+    labels: Tensor,
+    tile_index: Tensor,
+    windows: Sequence[Sequence[int]],
+    cut: Tensor,
+    join_iou: float,
+    contain: float,
 ) -> Tensor:
-    """``[N, N]``: boxes of one class from different tiles that are pieces of one object."""
-    other = (labels[:, None] == labels[None]) & (tile_index[:, None] != tile_index[None])
-    x_inter, x_iou = _overlap_1d(boxes[:, 0], boxes[:, 2], boxes[:, 0], boxes[:, 2])
-    y_inter, y_iou = _overlap_1d(boxes[:, 1], boxes[:, 3], boxes[:, 1], boxes[:, 3])
-    # pieces across a vertical cut (i cut on its right, j on its left) or a horizontal one
-    across_x = cut[:, 2, None] & cut[None, :, 0] & (x_inter > 0) & (y_iou >= join_iou)
-    across_y = cut[:, 3, None] & cut[None, :, 1] & (y_inter > 0) & (x_iou >= join_iou)
-    # a cut piece inside a whole view of the object
-    area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=1e-9)
-    inside = (x_inter * y_inter) / area[:, None] >= contain
-    return other & (across_x | across_x.T | across_y | across_y.T | (inside & cut.any(dim=1)[:, None]))
+    """``[E, 2]`` index pairs of boxes of one class from different tiles that are pieces of one
+    object. Pieces overlap, so only the boxes of overlapping tiles are compared, tile pair by tile
+    pair: memory grows with the boxes of two tiles, not with the square of the image's (a
+    10000-px image cut into 400-px tiles has hundreds of thousands of candidate boxes)."""
+    members = {int(t): (tile_index == t).nonzero().flatten() for t in torch.unique(tile_index)}
+    found = []
+    for a in members:
+        ax1, ay1, ax2, ay2 = windows[a]
+        for b in members:
+            bx1, by1, bx2, by2 = windows[b]
+            if b <= a or bx1 >= ax2 or ax1 >= bx2 or by1 >= ay2 or ay1 >= by2:
+                continue
+            i, j = members[a], members[b]
+            linked = _pieces_between(boxes[i], labels[i], cut[i], boxes[j], labels[j], cut[j], join_iou, contain)
+            pairs = linked.nonzero()
+            found.append(torch.stack((i[pairs[:, 0]], j[pairs[:, 1]]), dim=1))
+    return torch.cat(found) if found else torch.zeros((0, 2), dtype=torch.long)
 
 
-def _components(pairs: Tensor) -> Tensor:
-    """Connected components of the graph ``pairs [N, N]``: a component index ``0..G-1`` per node."""
-    parent = list(range(len(pairs)))
+def _pieces_between(
+    boxes_a: Tensor,
+    labels_a: Tensor,
+    cut_a: Tensor,
+    boxes_b: Tensor,
+    labels_b: Tensor,
+    cut_b: Tensor,
+    join_iou: float,
+    contain: float,
+) -> Tensor:
+    """``[Na, Nb]``: box ``i`` of one tile and box ``j`` of another are pieces of one object."""
+    x_inter, x_iou = _overlap_1d(boxes_a[:, 0], boxes_a[:, 2], boxes_b[:, 0], boxes_b[:, 2])
+    y_inter, y_iou = _overlap_1d(boxes_a[:, 1], boxes_a[:, 3], boxes_b[:, 1], boxes_b[:, 3])
+    # pieces across a vertical cut (one cut on its right, the other on its left) or a horizontal one
+    meet_x, meet_y = (x_inter > 0) & (y_iou >= join_iou), (y_inter > 0) & (x_iou >= join_iou)
+    across_x = ((cut_a[:, 2, None] & cut_b[None, :, 0]) | (cut_a[:, 0, None] & cut_b[None, :, 2])) & meet_x
+    across_y = ((cut_a[:, 3, None] & cut_b[None, :, 1]) | (cut_a[:, 1, None] & cut_b[None, :, 3])) & meet_y
+    # a cut piece inside a whole view of the object (either way round)
+    inter = x_inter * y_inter
+    area_a = ((boxes_a[:, 2] - boxes_a[:, 0]) * (boxes_a[:, 3] - boxes_a[:, 1])).clamp(min=1e-9)
+    area_b = ((boxes_b[:, 2] - boxes_b[:, 0]) * (boxes_b[:, 3] - boxes_b[:, 1])).clamp(min=1e-9)
+    inside = ((inter / area_a[:, None] >= contain) & cut_a.any(dim=1)[:, None]) | (
+        (inter / area_b[None] >= contain) & cut_b.any(dim=1)[None]
+    )
+    return (labels_a[:, None] == labels_b[None]) & (across_x | across_y | inside)
+
+
+def _components(count: int, pairs: Tensor) -> Tensor:
+    """Connected components of the graph of ``count`` nodes and edges ``pairs [E, 2]``: a
+    component index ``0..G-1`` per node."""
+    parent = list(range(count))
 
     def root(i: int) -> int:
         while parent[i] != i:
@@ -152,8 +192,8 @@ def _components(pairs: Tensor) -> Tensor:
             i = parent[i]
         return i
 
-    for i, j in pairs.nonzero().tolist():
+    for i, j in pairs.tolist():
         a, b = root(i), root(j)
         if a != b:
             parent[max(a, b)] = min(a, b)
-    return torch.unique(torch.tensor([root(i) for i in range(len(parent))]), return_inverse=True)[1]
+    return torch.unique(torch.tensor([root(i) for i in range(count)]), return_inverse=True)[1]

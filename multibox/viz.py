@@ -33,7 +33,8 @@ def draw_detections(
     given, follow the class name.
     """
     out = np.ascontiguousarray(image.copy())
-    scale = max(0.35, min(out.shape[:2]) / 700)
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    scale = _caption_scale(out.shape[:2], boxes)
     thickness = max(1, round(scale * 2))
     for i, (box, label) in enumerate(
         zip(np.asarray(boxes).reshape(-1, 4), np.asarray(labels).reshape(-1), strict=True)
@@ -48,6 +49,17 @@ def draw_detections(
         cv2.putText(out, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (20, 20, 20), thickness + 2, cv2.LINE_AA)
         cv2.putText(out, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness, cv2.LINE_AA)
     return out
+
+
+def _caption_scale(image_size: tuple[int, int], boxes: np.ndarray) -> float:
+    """OpenCV's font scale for captions: grows with the image (a caption is about 1/30 of a
+    700-px image), but no taller than about the objects' median height, so that captions of
+    many small objects in a large image (aerial tiles) do not cover the picture."""
+    scale = max(0.35, min(image_size) / 700)
+    if len(boxes):
+        median_height = float(np.median(boxes[:, 3] - boxes[:, 1]))
+        scale = min(scale, max(0.3, median_height / 50))  # font scale 1: text about 22 px high
+    return scale
 
 
 def image_grid(images: Sequence[np.ndarray], columns: int | None = None, pad: int = 4) -> np.ndarray:

@@ -42,7 +42,7 @@ def _label_colour(label: int) -> tuple[int, int, int]:
     return round(r * 255), round(g * 255), round(b * 255)
 
 
-def test_the_page_draws_the_detections_and_filters_them_by_score(browser, digits, digits_run):
+def test_the_page_draws_the_detections_and_filters_them_by_score(browser, digits, digits_run, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -83,3 +83,14 @@ def test_the_page_draws_the_detections_and_filters_them_by_score(browser, digits
         assert max(abs(a - b) for a, b in zip(pixel, _label_colour(last["label"]), strict=True)) <= 40, pixel
         slide(1.0)
         assert shown() == sum(d["score"] >= 1.0 for d in detections)
+        # a bad upload after a good one: the error alone, the previous picture and count cleared
+        bad = tmp_path / "broken.jpg"
+        bad.write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
+        browser.find_element(By.ID, "file").send_keys(str(bad))
+        WebDriverWait(browser, 30).until(lambda d: d.execute_script("return document.body.dataset.ready") == "error")
+        assert browser.find_element(By.ID, "status").text.startswith("error: the image could not be decoded")
+        assert browser.execute_script("return document.getElementById('canvas').width") == 0
+        assert browser.find_element(By.ID, "count").text == ""
+        assert browser.execute_script("return fetch('/favicon.ico').then(r => r.headers.get('content-type'))") == (
+            "image/png"
+        )

@@ -124,6 +124,9 @@ def read_document(path: Path, kind: str) -> object:
 class WriteError(OSError):
     """A file that could not be written (the disk full, a folder not writable), named with what to do."""
 
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
 
 def _atomic_write(path: Path, write) -> None:
     path = Path(path)

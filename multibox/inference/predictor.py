@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -49,6 +49,7 @@ class Predictor:
         tile: int | None = None,
         overlap: float = TILE_OVERLAP,
         batch_size: int = 8,
+        progress: Callable[[int, int], None] | None = None,
     ) -> Detections | list[Detections]:
         """Detect objects in one image (a path or an RGB ``uint8 [H, W, 3]`` array) or a list of them.
 
@@ -56,7 +57,8 @@ class Predictor:
         overlapping ``tile x tile`` windows (``overlap`` a fraction of a tile), each detected as
         an image of its own, ``batch_size`` at a time, and the boxes merged back
         (:func:`~multibox.detect.detect_tiled`): for images much larger than the network's
-        input, whose objects would shrink below what it can see. ``max_det`` then applies per tile.
+        input, whose objects would shrink below what it can see. ``max_det`` then applies per tile;
+        ``progress(done, total)`` is told the tiles done after each batch.
 
         Returns :class:`Detections` with boxes in pixels of each original image, scores, labels
         and ``names``; a list for a list input.
@@ -72,7 +74,7 @@ class Predictor:
             pixels = read_image(Path(image)) if isinstance(image, str | Path) else np.asarray(image)
             if tile:
                 det = detect_tiled(self.model, pixels, self.preprocess, settings, tile, overlap, batch_size,
-                                   self.memory_format)  # fmt: skip
+                                   self.memory_format, progress)  # fmt: skip
             else:
                 (det,) = detect_images(self.model, [pixels], self.preprocess, settings, self.memory_format)
             det.names = self.class_names

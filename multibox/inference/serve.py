@@ -13,6 +13,7 @@ an inference that takes longer than the timeout a 504.
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import threading
 import time
@@ -21,7 +22,7 @@ from importlib import resources
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from .predictor import Predictor
@@ -53,7 +54,9 @@ def _decode(data: bytes, limits: Limits) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     if not data:
-        raise HTTPException(400, "the request holds no image: send it as multipart field 'image' or as the body")
+        raise HTTPException(
+            400, "the request holds no image: send it as a multipart file field (e.g. 'image') or as the body"
+        )
     if not data.startswith(_SIGNATURES) or (data.startswith(b"RIFF") and data[8:12] != b"WEBP"):
         raise HTTPException(415, "not an image: send a JPEG, PNG, BMP, WebP, TIFF or GIF file")
     try:
@@ -77,6 +80,7 @@ def create_app(predictor: Predictor, limits: Limits | None = None, tile: int | N
     """The FastAPI application serving ``predictor``; ``tile`` cuts each image into tiles of that
     many pixels (default: as the model was trained)."""
     limits = limits or Limits()
+    _return_freed_memory()
     lock = threading.Lock()
     app = FastAPI(title="multibox", summary="object detection", version="1")
     page = resources.files("multibox.inference").joinpath("static/index.html").read_text()
@@ -98,13 +102,17 @@ def create_app(predictor: Predictor, limits: Limits | None = None, tile: int | N
     def index() -> str:
         return page
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> Response:
+        return Response(_favicon(), media_type="image/png", headers={"Cache-Control": "max-age=86400"})
+
     @app.get("/healthz")
     def health() -> dict:
         return {"status": "ok", "model": predictor.config.model.kind, "classes": predictor.class_names}
 
     @app.post("/v1/detect")
     async def detect(request: Request, conf: float | None = None) -> dict:
-        """Detections in an image sent as multipart field ``image`` or as the raw body; ``conf``
+        """Detections in an image sent as a multipart file (any one field) or as the raw body; ``conf``
         overrides the model's score threshold."""
         if conf is not None and not 0 <= conf <= 1:
             raise HTTPException(422, f"conf is a score threshold in [0, 1], got {conf}")
@@ -123,6 +131,42 @@ def create_app(predictor: Predictor, limits: Limits | None = None, tile: int | N
             raise HTTPException(504, f"inference took longer than {limits.timeout:g} s") from None
 
     return app
+
+
+def _return_freed_memory() -> bool:
+    """Have glibc give large freed blocks back to the system at once (Linux; False elsewhere).
+
+    glibc serves a block over its mmap threshold (128 KiB) from its own mapping and unmaps it when
+    freed, but each such free raises the threshold (up to 32 MiB), after which a network's
+    activations (a few MiB each, of another size for each image size) come from the heap and
+    fragment it: a server's resident memory grew by hundreds of MB over a few hundred requests
+    of varied sizes, and stayed. Fixing the threshold keeps it flat (BENCHMARKS.md, the soak).
+    """
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, 128 * 1024))
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+
+
+_M_MMAP_THRESHOLD = -3  # glibc's malloc.h
+
+
+@functools.cache
+def _favicon() -> bytes:
+    """A 32x32 PNG: two boxes, as the page draws them."""
+    import cv2
+
+    icon = np.zeros((32, 32, 4), np.uint8)
+    cv2.rectangle(icon, (2, 6), (20, 26), (232, 115, 26, 255), 3)  # BGRA
+    cv2.rectangle(icon, (14, 3), (29, 17), (60, 170, 40, 255), 3)
+    return cv2.imencode(".png", icon)[1].tobytes()
 
 
 def _answer(pixels: np.ndarray, found, elapsed: float) -> dict:
@@ -150,7 +194,8 @@ async def _read_body(request: Request, limits: Limits) -> bytes:
 
 
 async def _multipart_image(request: Request, body: bytes) -> bytes:
-    """The bytes of the ``image`` field of a multipart body already read."""
+    """The bytes of the one file of a multipart body already read, whatever its field's name
+    (``image`` for the page, ``file`` for most clients)."""
     from starlette.datastructures import UploadFile
     from starlette.formparsers import MultiPartParser
 
@@ -162,7 +207,10 @@ async def _multipart_image(request: Request, body: bytes) -> bytes:
         form = await MultiPartParser(request.headers, replay()).parse()
     except Exception as error:  # the parser's own exception types
         raise HTTPException(400, f"the multipart body could not be read ({error})") from None
-    field = form.get("image")
-    if not isinstance(field, UploadFile):
-        raise HTTPException(400, "the multipart body has no file field 'image'")
-    return await field.read()
+    files = [(name, value) for name, value in form.multi_items() if isinstance(value, UploadFile)]
+    if not files:
+        raise HTTPException(400, "the multipart body holds no file: send the image as a file field (e.g. 'image')")
+    if len(files) > 1:
+        named = ", ".join(f"'{name}' ({value.filename or 'no name'})" for name, value in files)
+        raise HTTPException(400, f"the multipart body holds {len(files)} files ({named}): send one image a request")
+    return await files[0][1].read()
