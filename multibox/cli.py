@@ -93,7 +93,13 @@ _add_subcommands()
 
 
 def main() -> None:
-    app()
+    from .data.io import WriteError
+
+    try:
+        app()
+    except WriteError as error:  # a write outside a command's own error handling (the disk full)
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

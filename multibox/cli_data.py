@@ -38,7 +38,7 @@ def convert(
 
     try:
         reports = run(src, dst, to, fmt, policy, images)
-    except (DataError, ValueError) as error:
+    except (DataError, ValueError, OSError) as error:
         _fail(error)
     for split, report in reports.items():
         typer.echo(f"{split}: written to {dst} as {to}; {report}".rstrip())
@@ -69,7 +69,7 @@ def check(
 
     try:
         results, datasets = check_dataset(path, fmt, split, decode, images)
-    except (DataError, ValueError) as error:
+    except (DataError, ValueError, OSError) as error:
         _fail(error)
     total = 0
     for result in results:
@@ -126,7 +126,7 @@ def show(
             )
             for i in sorted(picks)
         ]
-    except (DataError, ValueError) as error:
+    except (DataError, ValueError, OSError) as error:
         _fail(error)
     import cv2
 
@@ -202,7 +202,7 @@ def _synthesized(render, train: int, val: int) -> None:
     start = time.perf_counter()
     try:
         paths = render()
-    except (DataError, ValueError) as error:
+    except (DataError, ValueError, OSError) as error:
         _fail(error)
     typer.echo(
         f"{train} training and {val} validation scenes in {time.perf_counter() - start:.1f} s: "

@@ -107,7 +107,7 @@ def lr_find(
     try:
         resolved = load_config(config or "default", overrides or [])
         result = run(resolved, out, start, end, steps)
-    except (ConfigError, DataError, ValueError, FloatingPointError, RuntimeError) as error:
+    except (ConfigError, DataError, ValueError, FloatingPointError, RuntimeError, OSError) as error:
         _fail(error)
     folder = out or Path(resolved.output)
     stopped = "diverged" if result.diverged else "reached the end"
@@ -150,7 +150,7 @@ def evaluate(
             _warn_if_large(f"{data} ({split}: {record.image_path.name})", (record.height, record.width),
                            predictor.preprocess)  # fmt: skip
         metrics, detections = run(predictor.model, dataset, predictor.config)
-    except (DataError, ValueError, RuntimeError, FileNotFoundError) as error:
+    except (DataError, ValueError, RuntimeError, OSError) as error:
         _fail(error)
     out = out or weights.parent
     per_class = metrics.pop("per_class", None)
@@ -194,7 +194,7 @@ def predict(
     tile: int | None = typer.Option(None, help="cut large images into overlapping tiles of this side (pixels)"),
     overlap: float | None = typer.Option(
         None, help="with --tile: overlap of neighbouring tiles, a fraction of a tile (default 0.2)"
-    ),  # fmt: skip
+    ),
     max_side: int = typer.Option(4096, help="annotated copies: longest side in pixels (0: the image's own)"),
 ) -> None:
     """Detect objects in images; writes annotated copies (JPEG) and a COCO results JSON (boxes in original pixels).
@@ -450,7 +450,7 @@ def export(
             predictor, target, nms, dynamic_batch, score_thresh=conf, nms_iou=iou, max_det=max_det, int8=int8,
             calib=calib, image_size=(image_size, image_size) if image_size else None,
         )  # fmt: skip
-    except (DataError, ValueError, RuntimeError, FileNotFoundError) as error:
+    except (DataError, ValueError, RuntimeError, OSError) as error:
         _fail(error)
     if predictor.preprocess.fixed().resize != predictor.preprocess.resize:
         side = f"{image_size}x{image_size}" if image_size else "x".join(map(str, predictor.preprocess.size))
@@ -484,7 +484,7 @@ def serve(
 
     try:
         predictor = load(weights)
-    except (DataError, ValueError, RuntimeError, FileNotFoundError) as error:
+    except (DataError, ValueError, RuntimeError, OSError) as error:
         _fail(error)
     if host not in ("127.0.0.1", "localhost", "::1"):
         typer.secho(f"serving on {host}: reachable from other machines, with no authentication", fg=typer.colors.YELLOW)

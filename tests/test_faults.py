@@ -209,7 +209,7 @@ def test_a_signal_saves_the_current_step_and_the_resumed_run_equals_a_straight_o
     process = _start(_overrides(digits, run, "train.epochs=100"))
     _wait_for_steps(run, process, 6)
     process.send_signal(signum)
-    out, err = process.communicate(timeout=120)
+    _, err = process.communicate(timeout=120)
     assert process.returncode == 128 + signum, err[-2000:]
     saved = load_checkpoint(run / "last.pt")
     step = saved["step"]
@@ -219,7 +219,7 @@ def test_a_signal_saves_the_current_step_and_the_resumed_run_equals_a_straight_o
     # resumed with the checkpoint's own configuration, a few steps further, then compared
     target = step + 3
     process = _start([f"train.max_steps={target}"], resume=run / "last.pt")
-    out, err = process.communicate(timeout=240)
+    _, err = process.communicate(timeout=240)
     assert process.returncode == 0, err[-2000:]
     _assert_same_weights(load_checkpoint(run / "last.pt"), _straight(digits, tmp_path, target))
     steps = [int(r["step"]) for r in _rows(run / "train_log.csv")]
@@ -232,7 +232,7 @@ def test_a_second_ctrl_c_stops_at_once(digits, tmp_path):
     _wait_for_steps(run, process, 3)
     process.send_signal(signal.SIGINT)
     process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=120)
+    _, err = process.communicate(timeout=120)
     assert process.returncode == 130, err[-2000:]
     assert "stopped at once" in err or "continue with" in err  # the second may land after the save
     load_checkpoint(run / "last.pt")  # whatever happened, last.pt is whole (its checksum holds)

@@ -229,7 +229,7 @@ def test_soak_of_images_of_varied_sizes_keeps_the_server_memory_flat(digits, tmp
     from multibox.engine import train
 
     overrides = [f"data.path={digits}", f"output={tmp_path}", "input.resize=minmax", "input.size=[320, 320]",
-                 "model.pretrained=none", "train.max_steps=1", "train.batch_size=4", "train.eval_every=100"]  # fmt: skip
+                 "model.pretrained=none", "train.max_steps=1", "train.batch_size=4"]  # fmt: skip
     train(load_config("cpu_digits", overrides), progress=False)
     process, port = serve(tmp_path / "last.pt")
     try:
