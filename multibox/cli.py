@@ -16,14 +16,14 @@ app = typer.Typer(
 
 
 def _add_subcommands() -> None:
-    from . import cli_run
+    from . import cli_predict, cli_run
     from .cli_data import app as data_app
 
     app.add_typer(data_app, name="data")
     app.command(name="train")(cli_run.train)
     app.command(name="lr-find")(cli_run.lr_find)
     app.command(name="eval")(cli_run.evaluate)
-    app.command(name="predict")(cli_run.predict)
+    app.command(name="predict")(cli_predict.predict)
     app.command(name="anchors")(cli_run.anchors)
     app.command(name="export")(cli_run.export)
     app.command(name="serve")(cli_run.serve)

@@ -163,15 +163,7 @@ def export_onnx(
     asked = {"score_thresh": score_thresh, "nms_iou": nms_iou, "max_det": max_det}
     settings.update({k: v for k, v in asked.items() if v is not None})
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.export.tmp")  # hidden; removed whatever goes wrong
-    try:
-        _trace(predictor, temporary, nms, dynamic_batch, settings, opset)
-        if int8:
-            _quantize(temporary, predictor, calib, calib_images)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    temporary = _graph(predictor, path, nms, dynamic_batch, settings, opset, (calib, calib_images) if int8 else None)
     metadata = {
         "class_names": predictor.class_names,
         **predictor.preprocess.metadata(),
@@ -198,6 +190,23 @@ def exported_predictor(checkpoint: str | Path | Predictor, image_size: Sequence[
     config.train.channels_last = False
     model = predictor.model.to("cpu", memory_format=torch.contiguous_format).float().eval()
     return Predictor(model, config, predictor.class_names, device="cpu")
+
+
+def _graph(
+    predictor: Predictor, path: Path, nms: bool, dynamic_batch: bool, settings: dict, opset: int, int8: tuple | None
+) -> Path:
+    """The graph traced (and, with ``int8`` = ``(calib, count)``, quantized on those images) into a hidden file
+    beside ``path`` (its folder created), removed whatever goes wrong; returns the file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.export.tmp")
+    try:
+        _trace(predictor, temporary, nms, dynamic_batch, settings, opset)
+        if int8 is not None:
+            _quantize(temporary, predictor, *int8)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return temporary
 
 
 def _trace(predictor: Predictor, path: Path, nms: bool, dynamic_batch: bool, settings: dict, opset: int) -> None:

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ..auto import resolve
-from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import Config, TrainConfig, config_from_dict
 from ..data.dataset import DetectionDataset, detection_collate
 from ..data.io import atomic_write_text, remove_temporary
@@ -35,18 +35,11 @@ from .evaluate import evaluate
 from .interrupts import Interrupted, Interrupts
 from .logs import Logs, logged, plot_losses, progress, truncate_logs
 from .optim import build_optimizer, lr_factor, precision, resolve_device
+from .resumption import RunFinished, check_same_run, check_unfinished
 
 __all__ = ["RunFinished", "Trainer", "train"]
 
 SAVE_INTERVAL = 30.0  # seconds between the end-of-epoch saves of last.pt
-
-
-class RunFinished(Exception):
-    """A resumed checkpoint that is already at the end of its run; the message says how to train longer."""
-
-
-def _listed(names: list[str], most: int = 12) -> str:
-    return ", ".join(names[:most]) + (f", ... ({len(names) - most} more)" if len(names) > most else "")
 
 
 def _check_precompute(config: TrainConfig, device: torch.device) -> None:
@@ -273,7 +266,7 @@ class Trainer:
                       "pending_eval": None}  # fmt: skip
         if resume is not None:
             self.resume(resume, saved)
-            self._check_unfinished(resume, schedule_steps)
+            check_unfinished(resume, self.config.train, self.state, schedule_steps, self.total_steps)
         if main:
             decided = "".join(f"# auto: {choice}\n" for choice in self.choices)
             atomic_write_text(self.output / "config.yaml", decided + self.config.to_yaml())
@@ -286,22 +279,6 @@ class Trainer:
         self.logs = Logs(self.output, resume is not None) if main else None
         self._saved = time.monotonic()
         self.metrics: dict = self.state["metrics"]
-
-    def _check_unfinished(self, resume: str | Path, schedule_steps: int) -> None:
-        """A :class:`RunFinished` when the checkpoint is at the end of the run (or of ``train.max_steps``)."""
-        t, step, metrics = self.config.train, self.state["step"], self.state["metrics"]
-        final = "".join(f", {k} {metrics[k]:.4f}" for k in ("AP", "AP50", "accuracy", "mAP") if k in metrics)
-        if step >= schedule_steps:
-            raise RunFinished(
-                f"{resume}: this run is finished ({t.epochs} epochs, step {step} of {schedule_steps}{final}); to "
-                f"train longer, resume with more epochs: multibox train --resume {resume} train.epochs={2 * t.epochs} "
-                f"(the learning-rate schedule is stretched to the new length)"
-            )
-        if step >= self.total_steps:
-            raise RunFinished(
-                f"{resume}: this run stopped at train.max_steps={t.max_steps} (step {step} of {schedule_steps}); to "
-                f"go on: multibox train --resume {resume} train.max_steps=0"
-            )
 
     def _decide_schedule(self) -> None:
         """``train.epochs``, ``warmup_steps`` and ``eval_every`` left ``auto``: from
@@ -412,7 +389,7 @@ class Trainer:
         weights, optimizer, schedule, RNG, position; a :class:`CheckpointError` if it is another
         run's (other classes, another network)."""
         saved = saved if saved is not None else load_checkpoint(path, map_location=self.device)
-        self._check_same_run(path, saved)
+        check_same_run(path, saved, self.config, self.train_data.class_names)
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
@@ -422,38 +399,6 @@ class Trainer:
         torch.set_rng_state(saved["rng"])
         saved.setdefault("best", saved.get("best_ap", -math.inf))  # checkpoints before the single-object steps
         self.state.update({k: saved.get(k, v) for k, v in self.state.items()})
-
-    def _check_same_run(self, path: str | Path, saved: dict) -> None:
-        names, have = list(saved["class_names"]), list(self.train_data.class_names)
-        if names != have:
-            raise CheckpointError(
-                f"{path}: this checkpoint was trained on {len(names)} classes ({_listed(names)}) and the data "
-                f"({self.config.data.path}) has {len(have)} ({_listed(have)}); resume it with its own data "
-                f"(data.path=...), or train a new run on this data without --resume"
-            )
-        before = config_from_dict(saved["config"], f"{path} (its configuration)").to_dict()
-        now = self.config.to_dict()
-        changed = [
-            f"{key}: {a} -> {b}"
-            for part in ("model", "input")
-            for key, a, b in _differences(before[part], now[part], part)
-        ]
-        if changed:
-            raise CheckpointError(
-                f"{path}: this checkpoint is another network than the configuration asks for ({'; '.join(changed)});"
-                f" resume without --config and these overrides (`multibox train --resume {path}` uses the "
-                f"checkpoint's own configuration)"
-            )
-
-
-def _differences(a: dict, b: dict, prefix: str):
-    """``(key, value in a, value in b)`` for each setting that differs between two nested dicts."""
-    for key in a:
-        name = f"{prefix}.{key}"
-        if isinstance(a[key], dict) and isinstance(b.get(key), dict):
-            yield from _differences(a[key], b[key], name)
-        elif a[key] != b.get(key):
-            yield name, a[key], b.get(key)
 
 
 def train(config: Config, resume: str | Path | None = None, progress: bool = True) -> dict:
