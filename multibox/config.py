@@ -170,6 +170,20 @@ class YOLOConfig:
 
 
 @dataclass
+class YOLOv1Config:
+    """``yolov1`` (:class:`multibox.models.YOLOv1`): ``grid`` cells a side, ``boxes`` a cell, the
+    head's convolution ``channels``, its ``head`` (``fc``: the paper's two fully connected layers,
+    ``hidden`` units; ``conv``: a 1x1 convolution per cell) and ``dropout``."""
+
+    grid: int = 7
+    boxes: int = 2
+    channels: int = 64
+    hidden: int = 512
+    dropout: float = 0.5
+    head: str = "fc"
+
+
+@dataclass
 class SingleConfig:
     """The single-object steps (:class:`multibox.models.SingleObjectNet`): ``single_object``'s
     hidden layer and dropout."""
@@ -189,6 +203,7 @@ class ModelConfig:
     grid: GridConfig = field(default_factory=GridConfig)
     ssd: SSDConfig = field(default_factory=SSDConfig)
     yolo: YOLOConfig = field(default_factory=YOLOConfig)
+    yolov1: YOLOv1Config = field(default_factory=YOLOv1Config)
     single: SingleConfig = field(default_factory=SingleConfig)
 
 
@@ -206,6 +221,7 @@ class LossConfig:
     cls_weight: float = 20.0
     box_weight: float = 1.0
     obj_weight: float = 1.0
+    noobj_weight: float = 0.5
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
     pos_iou: float = 0.5
@@ -328,7 +344,8 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "train.checkpoint_every": (0, None), "train.max_steps": (0, None), "train.max_bad_steps": (0, None),
     "train.workers": (0, None), "train.hflip": (0, 1), "train.ema_decay": (0, 0.999999), "train.momentum": (0, 1),
     "train.weight_decay": (0, None), "train.clip_grad": (0, None), "input.tile": (0, None),
-    "detect.score_thresh": (0, 1), "detect.nms_iou": (0, 1), "detect.topk": (1, None), "detect.max_det": (1, None),
+    "model.yolov1.grid": (1, None), "model.yolov1.boxes": (1, None), "detect.score_thresh": (0, 1),
+    "detect.nms_iou": (0, 1), "detect.topk": (1, None), "detect.max_det": (1, None),
 }  # fmt: skip
 
 

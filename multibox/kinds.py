@@ -30,6 +30,7 @@ from .anchors import grid_ratios
 from .auto import Choice
 from .config import Config, LossConfig, ModelConfig
 from .criterion import RetinaNetCriterion, SingleObjectCriterion, SSDCriterion, YOLOCriterion
+from .criterion_yolov1 import YOLOv1Criterion
 from .data.records import DetectionSet
 from .models import (
     AnchorConfig,
@@ -38,6 +39,7 @@ from .models import (
     RetinaNet,
     SingleObjectNet,
     ToySSD,
+    YOLOv1,
     YOLOv3,
     build_retinanet,
 )
@@ -196,6 +198,22 @@ def _yolo_criterion(config: Config, model: nn.Module) -> Callable:
     return YOLOCriterion(
         model.coder, model.level_sizes(), box_loss=loss.box, box_weight=loss.box_weight,
         obj_weight=loss.obj_weight, cls_weight=loss.cls_weight,
+    )  # fmt: skip
+
+
+def _yolov1(model: ModelConfig, classes: int, size: Size, pretrained: str) -> nn.Module:
+    y = model.yolov1
+    return YOLOv1(classes, size, y.grid, y.boxes, **_backbone(model, pretrained), channels=y.channels,
+                  hidden=y.hidden, dropout=y.dropout, head=y.head)  # fmt: skip
+
+
+def _yolov1_criterion(config: Config, model: nn.Module) -> Callable:
+    loss = config.loss
+    _no_soft_targets(loss, "yolov1")
+    _no_atss(loss, "yolov1")
+    return YOLOv1Criterion(
+        model.coder, model.grid, model.boxes, box_weight=loss.box_weight, obj_weight=loss.obj_weight,
+        noobj_weight=loss.noobj_weight, cls_weight=loss.cls_weight,
     )  # fmt: skip
 
 
@@ -360,6 +378,7 @@ KINDS: dict[str, Kind] = {
     "toyssd": _ssd_kind("toyssd", _toyssd, ToySSD),
     "ssd300": _ssd_kind("ssd300", _mobilenet_ssd, MobileNetSSD),
     "ssdlite": _ssd_kind("ssdlite", partial(_mobilenet_ssd, lite=True), MobileNetSSD),
+    "yolov1": Kind("yolov1", "yolov1", _yolov1, _yolov1_criterion, activation=YOLOv1.activation),
     "yolov3": Kind(
         "yolov3",
         "yolo",

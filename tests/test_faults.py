@@ -185,12 +185,13 @@ def _wait_for_steps(run: Path, process: subprocess.Popen, steps: int, timeout: f
 def _straight(digits, tmp_path, steps: int) -> dict:
     """A run that is never interrupted, stopped at ``steps`` (train.max_steps: the same schedule)."""
     output = tmp_path / f"straight{steps}"
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the processes it is compared with (OMP_NUM_THREADS=1): the same kernels
     try:
         config = load_config("cpu_digits", _overrides(digits, output, "train.epochs=100", f"train.max_steps={steps}"))
         train(config, progress=False)
     finally:
-        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 0)) or os.cpu_count())
+        torch.set_num_threads(threads)
     return load_checkpoint(output / "last.pt")
 
 
@@ -242,14 +243,17 @@ def test_kill_9_while_saving_leaves_the_last_checkpoint_whole_and_the_resume_cle
     run = tmp_path / "run"
     process = _start(_overrides(digits, run, "train.epochs=100", "train.checkpoint_every=1"))
     _wait_for_steps(run, process, 4)
-    rng = np.random.default_rng(0)
-    time.sleep(rng.uniform(0, 0.3))  # a checkpoint is written every step: often while one is
+    deadline = time.monotonic() + 60
+    while not list(run.glob(".last.pt.*.tmp")):  # a checkpoint is written every step: catch one mid-write
+        assert time.monotonic() < deadline and process.poll() is None, "no checkpoint write seen"
+        time.sleep(0.001)
     process.kill()
     process.communicate(timeout=60)
-    saved = load_checkpoint(run / "last.pt")
+    saved = load_checkpoint(run / "last.pt")  # the previous one, whole (its checksum holds)
     logged = len(_rows(run / "train_log.csv"))
     assert logged >= saved["step"]
-    (run / ".last.pt.leftover.tmp").write_bytes(b"\0" * 1000)  # as a kill during a write leaves
+    if not list(run.glob(".*.tmp")):  # the kill landed just after the rename
+        (run / ".last.pt.leftover.tmp").write_bytes(b"\0" * 1000)
     target = max(saved["step"], logged) + 2
     process = _start([f"train.max_steps={target}"], resume=run / "last.pt")
     out, err = process.communicate(timeout=240)

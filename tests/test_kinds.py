@@ -15,6 +15,7 @@ from multibox.kinds import KINDS, kind_of
 # each kind's preset, at the smallest input its network takes quickly (the SSD family and
 # YOLOv3 are built for one input size)
 PRESET = {name: name for name in KINDS} | {"retinanet": "cpu_digits"}
+NO_ANCHORS = {"yolov1"}  # dense outputs (one per cell and box), nothing an anchor doctor could measure
 SIZE = {"ssd_grid": 128, "ssd_multihead": 128, "ssd300": 300, "ssdlite": 96}
 
 
@@ -22,7 +23,8 @@ def test_every_kind_has_a_preset_and_its_entry_is_whole():
     for name, kind in KINDS.items():
         assert kind.name == name and PRESET[name] in PRESETS
         assert kind_of(load_config(PRESET[name])) is kind
-        assert kind.dense == (kind.doctor is not None)  # the detectors with anchors, and only they, have a doctor
+        # the detectors with anchors, and only they, have a doctor; YOLOv1 is dense without anchors (its cells)
+        assert (kind.doctor is not None) == (kind.dense and name not in NO_ANCHORS)
     with pytest.raises(ValueError, match=r"model.kind must be one of \('retinanet', "):
         kind_of(load_config(None, ["model.kind=fasterrcnn"]))
 

@@ -1,4 +1,5 @@
-"""Models: backbones, the feature pyramid, heads, RetinaNet, the single-object networks, the SSD family, YOLOv3."""
+"""Models: backbones, the feature pyramid, heads, RetinaNet, the single-object networks, the SSD
+family, YOLOv1, YOLOv3."""
 
 from .backbones import BACKBONES, build_backbone
 from .detectors import DenseDetector
@@ -8,6 +9,7 @@ from .retinanet import AnchorConfig, RetinaNet, build_retinanet
 from .single import SINGLE_TASKS, SingleObjectNet, SingleOutput
 from .ssd import SSD_KINDS, GridSSD, MobileNetSSD, ToySSD
 from .yolo import YOLOv3
+from .yolov1 import YOLOv1
 
 __all__ = [
     "BACKBONES",
@@ -23,6 +25,7 @@ __all__ = [
     "SingleObjectNet",
     "SingleOutput",
     "ToySSD",
+    "YOLOv1",
     "YOLOv3",
     "build_backbone",
     "build_retinanet",
