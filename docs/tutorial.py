@@ -1,5 +1,6 @@
 """Regenerate the results table and pictures of docs/TUTORIAL.md: train each preset on the
-digit scenes, time it, evaluate it on the validation scenes, draw its predictions.
+digit scenes, time it, evaluate it on the validation scenes, draw its predictions (those
+scoring 0.3 or more).
 
     python docs/tutorial.py --data data/demo-digits largest_cls largest_box single_object multilabel
 
@@ -38,16 +39,7 @@ def run(name: str, data: Path, runs: Path) -> dict:
     minutes = (time.perf_counter() - started) / 60
     log = (output / "train_log.csv").read_text().splitlines()
     speed = float(log[-1].split(",")[-1])  # images/s of the last epoch, data loading included
-    detector = load(output / "best.pt")
-    val, _ = load_dataset(data, config.data.val_split)
-    pictures = []
-    for record in val.records[:6]:
-        pixels = read_image(record.image_path)
-        found = detector.predict(pixels)
-        boxes, labels, scores = found.boxes.numpy(), found.labels.numpy(), found.scores.numpy()
-        pictures.append(draw_detections(pixels, boxes, labels, found.names, scores))
-    (DOCS / "tutorial").mkdir(exist_ok=True)
-    write_image(DOCS / "tutorial" / f"{name}.jpg", image_grid(pictures, columns=3))
+    draw(name, output / "best.pt", data, config.data.val_split)
     return {
         "preset": name,
         "cpu": cpu_label(),
@@ -56,6 +48,21 @@ def run(name: str, data: Path, runs: Path) -> dict:
         "epochs": config.train.epochs,
         **{k: round(metrics[k], 4) for k in SHOWN if k in metrics},
     }
+
+
+def draw(name: str, weights: Path, data: Path, split: str, conf: float = 0.3) -> None:
+    """``docs/tutorial/NAME.jpg``: the detections of ``weights`` on six ``split`` scenes, those
+    scoring ``conf`` or more (as `multibox predict` draws them)."""
+    detector = load(weights)
+    val, _ = load_dataset(data, split)
+    pictures = []
+    for record in val.records[:6]:
+        pixels = read_image(record.image_path)
+        found = detector.predict(pixels, conf=conf)
+        boxes, labels, scores = found.boxes.numpy(), found.labels.numpy(), found.scores.numpy()
+        pictures.append(draw_detections(pixels, boxes, labels, found.names, scores))
+    (DOCS / "tutorial").mkdir(exist_ok=True)
+    write_image(DOCS / "tutorial" / f"{name}.jpg", image_grid(pictures, columns=3))
 
 
 def table(rows: list[dict]) -> str:
