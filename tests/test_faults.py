@@ -217,6 +217,7 @@ def test_a_signal_saves_the_current_step_and_the_resumed_run_equals_a_straight_o
     assert f"stopped at step {step} of 400" in err
     assert f"saved {run / 'last.pt'}; continue with: multibox train --resume {run / 'last.pt'}" in err
     assert int(_rows(run / "train_log.csv")[-1]["step"]) == step  # saved at the step it reached
+    assert (run / "losses.png").is_file()  # the plot of the losses so far
     # resumed with the checkpoint's own configuration, a few steps further, then compared
     target = step + 3
     process = _start([f"train.max_steps={target}"], resume=run / "last.pt")

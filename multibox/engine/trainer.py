@@ -235,6 +235,8 @@ class Trainer:
         path = self.output / "last.pt"
         with interrupts.at_once():  # a second signal while saving: stop, the previous last.pt intact
             self.save(path)
+            if self.dist.main:
+                plot_losses(self.output)
         state = self.state
         raise Interrupted(
             f"{interrupts.name}: stopped at step {state['step']} of {self.total_steps} (epoch {state['epoch']}), "
