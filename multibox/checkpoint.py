@@ -22,7 +22,7 @@ from .config import Config, config_from_dict
 from .data.io import atomic_write_bytes
 from .kinds import build_model
 
-__all__ = ["CheckpointError", "checksum", "load_checkpoint", "restore", "save_checkpoint"]
+__all__ = ["CheckpointError", "checksum", "find_checkpoint", "load_checkpoint", "restore", "save_checkpoint"]
 
 
 class CheckpointError(RuntimeError):
@@ -64,13 +64,21 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     atomic_write_bytes(Path(path), buffer.getvalue())
 
 
+def find_checkpoint(path: str | Path) -> Path:
+    """``path``, or the ``last.pt`` in it if it is a run's folder; a :class:`CheckpointError`
+    (naming the other checkpoints beside it) if there is no such file."""
+    path = Path(path)
+    path = path / "last.pt" if path.is_dir() else path
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found" + _others(path))
+    return path
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Read a checkpoint written by :func:`save_checkpoint`, its checksum verified (checkpoints
     of versions before the checksum load as they are); a :class:`CheckpointError` that names a
     missing or damaged file."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found" + _others(path))
+    path = find_checkpoint(path)
     try:
         saved = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:

@@ -36,6 +36,7 @@ def train(
     Example: multibox train --preset single_object data.path=data/digits
     Example: multibox train --resume runs/exp/last.pt
     """
+    from .checkpoint import find_checkpoint
     from .config import load_config
     from .engine import train as run
     from .engine.interrupts import Interrupted
@@ -45,7 +46,7 @@ def train(
         _fail(ConfigError("give --config or --preset, not both"))
     try:
         if resume is not None:
-            resume = _checkpoint_path(resume)
+            resume = find_checkpoint(resume)
         if resume is not None and config is None and preset is None:
             recipe = _resumed_config(resume, overrides or [])
         else:
@@ -66,18 +67,6 @@ def train(
     if metrics:
         shown = [k for k in ("AP", "AP50", "AP75", "accuracy", "IoU", "L1", "mAP", "F1") if k in metrics]
         typer.echo("final: " + "  ".join(f"{k} {metrics[k]:.4f}" for k in shown))
-
-
-def _checkpoint_path(path: Path) -> Path:
-    """``path``, or the ``last.pt`` in it if it is a run's folder; a CheckpointError if there is none."""
-    from .checkpoint import CheckpointError
-
-    if path.is_dir():
-        path = path / "last.pt"
-    if not path.is_file():
-        runs = sorted(str(p) for p in path.parent.glob("*.pt")) if path.parent.is_dir() else []
-        raise CheckpointError(f"{path}: checkpoint not found" + (f" (here: {', '.join(runs)})" if runs else ""))
-    return path
 
 
 def _resumed_config(path: Path, overrides: list[str]):

@@ -139,19 +139,18 @@ def _pieces_of_one_object(
     object. Pieces overlap, so only the boxes of overlapping tiles are compared, tile pair by tile
     pair: memory grows with the boxes of two tiles, not with the square of the image's (a
     10000-px image cut into 400-px tiles has hundreds of thousands of candidate boxes)."""
-    members = {int(t): (tile_index == t).nonzero().flatten() for t in torch.unique(tile_index)}
-    found = []
-    for a in members:
-        ax1, ay1, ax2, ay2 = windows[a]
-        for b in members:
-            bx1, by1, bx2, by2 = windows[b]
-            if b <= a or bx1 >= ax2 or ax1 >= bx2 or by1 >= ay2 or ay1 >= by2:
-                continue
-            i, j = members[a], members[b]
-            linked = _pieces_between(boxes[i], labels[i], cut[i], boxes[j], labels[j], cut[j], join_iou, contain)
-            pairs = linked.nonzero()
-            found.append(torch.stack((i[pairs[:, 0]], j[pairs[:, 1]]), dim=1))
-    return torch.cat(found) if found else torch.zeros((0, 2), dtype=torch.long)
+    tiles = torch.unique(tile_index)
+    members = [(tile_index == t).nonzero().flatten() for t in tiles]
+    w = torch.tensor([windows[int(t)] for t in tiles], dtype=torch.float32).reshape(-1, 4)
+    overlap = (w[:, None, 0] < w[None, :, 2]) & (w[None, :, 0] < w[:, None, 2])
+    overlap &= (w[:, None, 1] < w[None, :, 3]) & (w[None, :, 1] < w[:, None, 3])
+    found = [torch.zeros((0, 2), dtype=torch.long)]
+    for a, b in torch.triu(overlap, diagonal=1).nonzero().tolist():  # each pair of overlapping tiles once
+        i, j = members[a], members[b]
+        linked = _pieces_between(boxes[i], labels[i], cut[i], boxes[j], labels[j], cut[j], join_iou, contain)
+        pairs = linked.nonzero()
+        found.append(torch.stack((i[pairs[:, 0]], j[pairs[:, 1]]), dim=1))
+    return torch.cat(found)
 
 
 def _pieces_between(

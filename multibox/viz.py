@@ -36,9 +36,7 @@ def draw_detections(
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     scale = _caption_scale(out.shape[:2], boxes)
     thickness = max(1, round(scale * 2))
-    for i, (box, label) in enumerate(
-        zip(np.asarray(boxes).reshape(-1, 4), np.asarray(labels).reshape(-1), strict=True)
-    ):
+    for i, (box, label) in enumerate(zip(boxes, np.asarray(labels).reshape(-1), strict=True)):
         x1, y1, x2, y2 = (round(float(v)) for v in box)
         colour = class_colour(int(label))
         cv2.rectangle(out, (x1, y1), (max(x1, x2 - 1), max(y1, y2 - 1)), colour, thickness, cv2.LINE_AA)

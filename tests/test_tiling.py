@@ -197,3 +197,47 @@ def test_predict_and_eval_warn_of_images_far_larger_than_the_input(digits, digit
     ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0 and advice in result.output and "(val: big.png)" in result.output, result.output
+
+
+def _all_pairs(boxes, labels, tile_index, cut, join_iou=0.5, contain=0.7):
+    """The pieces of one object found by comparing every box with every other (``[N, N]``), as
+    merge_tiles did before it compared overlapping tiles only: the reference."""
+    from multibox.tiling import _overlap_1d
+
+    other = (labels[:, None] == labels[None]) & (tile_index[:, None] != tile_index[None])
+    x_inter, x_iou = _overlap_1d(boxes[:, 0], boxes[:, 2], boxes[:, 0], boxes[:, 2])
+    y_inter, y_iou = _overlap_1d(boxes[:, 1], boxes[:, 3], boxes[:, 1], boxes[:, 3])
+    across_x = cut[:, 2, None] & cut[None, :, 0] & (x_inter > 0) & (y_iou >= join_iou)
+    across_y = cut[:, 3, None] & cut[None, :, 1] & (y_inter > 0) & (x_iou >= join_iou)
+    area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=1e-9)
+    inside = (x_inter * y_inter) / area[:, None] >= contain
+    linked = other & (across_x | across_x.T | across_y | across_y.T | (inside & cut.any(dim=1)[:, None]))
+    return {(min(i, j), max(i, j)) for i, j in linked.nonzero().tolist()}
+
+
+def test_pieces_are_found_tile_pair_by_tile_pair_as_among_all_boxes():
+    from multibox.tiling import _cut_sides, _in_image, _pieces_of_one_object
+
+    generator = torch.Generator().manual_seed(3)
+    windows = tile_windows(700, 900, 128, 0.2)
+    found = []
+    for x1, y1, x2, y2 in windows:
+        n = int(torch.randint(0, 12, (1,), generator=generator))
+        xy = torch.rand(n, 2, generator=generator) * torch.tensor([x2 - x1, y2 - y1]) * 0.9
+        boxes = torch.cat((xy, xy + torch.rand(n, 2, generator=generator) * 60 + 2), dim=1)
+        boxes[:, 2:] = torch.minimum(boxes[:, 2:], torch.tensor([x2 - x1, y2 - y1], dtype=torch.float32))
+        # many boxes cut by an edge of their tile: left, top, right or bottom
+        side = torch.randint(0, 8, (n,), generator=generator)
+        boxes[side == 0, 0], boxes[side == 1, 1] = 0.0, 0.0
+        boxes[side == 2, 2], boxes[side == 3, 3] = float(x2 - x1), float(y2 - y1)
+        found.append(
+            Detections(boxes, torch.rand(n, generator=generator), torch.randint(0, 3, (n,), generator=generator))
+        )
+    boxes, tiles = _in_image(found, windows)
+    labels = torch.cat([d.labels for d in found])
+    tile_index = torch.cat([torch.full((len(d),), i) for i, d in enumerate(found)])
+    cut = _cut_sides(boxes, tiles, (700, 900), 2.0)
+    pairs = _pieces_of_one_object(boxes, labels, tile_index, windows, cut, 0.5, 0.7)
+    expected = _all_pairs(boxes, labels, tile_index, cut)
+    assert len(expected) > 5  # the case has joins to find
+    assert {(min(i, j), max(i, j)) for i, j in pairs.tolist()} == expected

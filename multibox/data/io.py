@@ -67,8 +67,6 @@ def damage(path: Path) -> str | None:
             return None
     else:
         return None  # other formats: OpenCV refuses a damaged file itself
-    from PIL import Image
-
     try:
         with Image.open(path) as image:
             image.draft("L", (max(1, image.width // 8), max(1, image.height // 8)))  # JPEG: decode at 1/8

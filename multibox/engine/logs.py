@@ -4,6 +4,7 @@ per epoch, and the plot of the losses."""
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..data.io import atomic_write_text
 from .distributed import Distributed
 
 __all__ = ["Logs", "logged", "plot_losses", "progress", "truncate_logs"]
@@ -57,8 +59,9 @@ def truncate_logs(folder: Path, last_steps: dict[str, int]) -> None:
             rows = list(csv.reader(handle))
         kept = rows[:1] + [row for row in rows[1:] if row and float(row[0]) <= last]
         if len(kept) < len(rows):
-            with path.open("w", newline="") as handle:
-                csv.writer(handle).writerows(kept)
+            text = io.StringIO()
+            csv.writer(text).writerows(kept)
+            atomic_write_text(path, text.getvalue())
     if (folder / "tensorboard").is_dir():
         from torch.utils.tensorboard import SummaryWriter
 

@@ -35,9 +35,9 @@ from .evaluate import evaluate
 from .interrupts import Interrupted, Interrupts
 from .logs import Logs, logged, plot_losses, progress, truncate_logs
 from .optim import build_optimizer, lr_factor, precision, resolve_device
-from .resumption import RunFinished, check_same_run, check_unfinished
+from .resumption import check_same_run, check_unfinished
 
-__all__ = ["RunFinished", "Trainer", "train"]
+__all__ = ["Trainer", "train"]
 
 SAVE_INTERVAL = 30.0  # seconds between the end-of-epoch saves of last.pt
 

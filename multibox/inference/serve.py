@@ -139,10 +139,10 @@ class _MemoryReturn:
     (``malloc_trim``; a no-op where the C library is not glibc).
 
     A network's activations are a few MiB each and of another size for each image size; glibc
-    reuses such freed blocks poorly, so a server's resident memory grew by about 470 MB over 2,000
+    reuses such freed blocks poorly, so a server's resident memory grew by 280-470 MB over 2,000
     requests of varied sizes and stayed (BENCHMARKS.md, the soak). Trimming every 10 requests keeps
-    it flat for about 3% more time a request; after every request it cost 40%, as did fixing
-    glibc's mmap threshold instead (measured on the Intel Xeon, in one process).
+    it flat; in one process it makes an image about 1.1x slower, after every request 1.36x
+    (`bench/malloc_trim.py`, Intel Xeon), and through the server it does not show.
     """
 
     def __init__(self, every: int = 10):
