@@ -236,7 +236,7 @@ def _anchor_report(data, split, preset, size, config, dataset, coverage, suggest
         "suggested": {**suggested.to_dict(dataset), "overrides": overrides},
     }
     atomic_write_text(out / "anchors.json", json.dumps(report, indent=2))
-    pos = f"IoU>={config.loss.pos_iou:g}"
+    pos = f"IoU>={coverage.pos_iou:g}"  # the kind's matcher's threshold (Faster R-CNN's RPN: 0.7)
     boxes = len(coverage.boxes)
     typer.echo(f"{data} ({split}): {len(dataset.records)} images, {boxes} boxes at input {size[0]}x{size[1]}")
     typer.echo(f"\n{preset}:\n{coverage.table()}")
@@ -269,11 +269,14 @@ def export(
     [B, max_det, 4] (input pixels), scores [B, max_det] (0: empty slot) and labels [B, max_det].
     The file's metadata holds the class names, input size, resize and normalisation.
 
+    A two-stage detector (faster_rcnn) is always exported with its NMS, for one image at a time.
+
     Example: multibox export --weights runs/digits/best.pt --nms --dynamic-batch --out digits.onnx
     Example: multibox export --weights runs/digits/best.pt --int8 --calib data/digits/JPEGImages --out int8.onnx
     """
     from .export import export_onnx
     from .inference import load
+    from .kinds import kind_of
 
     if fmt != "onnx":
         _fail(ValueError(f"--format must be onnx, got {fmt!r}"))
@@ -289,6 +292,9 @@ def export(
     if predictor.preprocess.fixed().resize != predictor.preprocess.resize:
         side = f"{image_size}x{image_size}" if image_size else "x".join(map(str, predictor.preprocess.size))
         typer.echo(f"input: the run's minmax resize exported as letterbox at {side} (a graph takes one input size)")
+    if kind_of(predictor.config).two_stage and not (nms and not dynamic_batch):
+        typer.echo("a two-stage graph holds its proposals' NMS: exported with --nms, for one image at a time")
+        nms, dynamic_batch = True, False
     graph = "with NMS (outputs boxes, scores, labels)" if nms else "network only (outputs cls_logits, box_deltas)"
     precision = "INT8 convolutions" if int8 else "fp32"
     typer.echo(f"written: {target} ({graph}, batch {'any' if dynamic_batch else 1}, {precision})")

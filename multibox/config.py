@@ -24,6 +24,17 @@ from typing import Any
 
 import yaml
 
+from .config_model import (
+    BackboneConfig,
+    FasterRCNNConfig,
+    GridConfig,
+    ModelConfig,
+    RetinaNetConfig,
+    SingleConfig,
+    SSDConfig,
+    YOLOConfig,
+    YOLOv1Config,
+)
 from .legacy_keys import LEGACY_KEYS
 from .legacy_keys import translate as _translate
 
@@ -39,6 +50,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "DetectConfig",
+    "FasterRCNNConfig",
     "GridConfig",
     "InputConfig",
     "LossConfig",
@@ -48,6 +60,7 @@ __all__ = [
     "SingleConfig",
     "TrainConfig",
     "YOLOConfig",
+    "YOLOv1Config",
     "config_from_dict",
     "load_config",
     "preset",
@@ -102,109 +115,6 @@ class DetectConfig:
     topk: int = 1000
     nms_iou: float = 0.5
     max_det: int = 100
-
-
-@dataclass
-class BackboneConfig:
-    """The pretrained network under every model (:func:`multibox.models.build_backbone`):
-    ``name``, ``pretrained`` (``imagenet`` or ``none``), BatchNorm frozen, how many of the last
-    stages train, and how many leading MobileNetV2 blocks stay frozen inside them."""
-
-    name: str = "mobilenet_v2"
-    pretrained: str = "imagenet"
-    frozen_bn: bool = True
-    trainable_stages: int = 3
-    frozen_blocks: int = 0
-
-
-@dataclass
-class RetinaNetConfig:
-    """``retinanet`` (:func:`multibox.models.build_retinanet`): FPN and head widths and layers,
-    where P6 comes from, and the anchors (one size per stride, times scales, at ratios h / w)."""
-
-    fpn_channels: int = 256
-    head_convs: int = 4
-    group_norm: bool = False
-    separable_head: bool = False
-    separable_predictors: bool = False
-    separable_fpn: bool = False
-    p6_from: str = "c5"
-    anchor_strides: tuple[int, ...] = (8, 16, 32, 64, 128)
-    anchor_sizes: tuple[float, ...] | None = (32, 64, 128, 256, 512)
-    anchor_scales: tuple[float, ...] = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
-    anchor_ratios: tuple[float, ...] | None = (0.5, 1.0, 2.0)
-
-
-@dataclass
-class GridConfig:
-    """The course's grid SSDs ``ssd_grid`` and ``ssd_multihead`` (:class:`multibox.models.GridSSD`):
-    the head's ``width`` and ``dropout``; each cell's anchors, ``zooms`` (the longer side, in
-    cells) and ``ratios`` (height / width; empty: the course's); the map the head reads,
-    ``source`` ``c5`` or ``p4`` (C5 merged into C4); ``align``, that map resized so that the
-    stride-2 convs halve it exactly."""
-
-    width: int = 256
-    dropout: float = 0.5
-    zooms: tuple[float, ...] = ()
-    ratios: tuple[float, ...] = ()
-    source: str = "c5"
-    align: bool = False
-
-
-@dataclass
-class SSDConfig:
-    """``toyssd``, ``ssd300``, ``ssdlite`` (:class:`multibox.models.ToySSD`, ``MobileNetSSD``): the
-    default boxes' ``scales``, fractions of the side per map plus one (empty: the paper's)."""
-
-    scales: tuple[float, ...] = ()
-
-
-@dataclass
-class YOLOConfig:
-    """``yolov3`` (:class:`multibox.models.YOLOv3`): the neck's ``width`` at stride 8, ``spp``, and
-    nine ``anchors`` ``[w, h]`` in input pixels (empty: fitted by k-means when training starts)."""
-
-    width: int = 256
-    spp: bool = False
-    anchors: tuple[tuple[float, float], ...] = ()
-
-
-@dataclass
-class YOLOv1Config:
-    """``yolov1`` (:class:`multibox.models.YOLOv1`): ``grid`` cells a side, ``boxes`` a cell, the
-    head's convolution ``channels``, its ``head`` (``fc``: the paper's two fully connected layers,
-    ``hidden`` units; ``conv``: a 1x1 convolution per cell) and ``dropout``."""
-
-    grid: int = 7
-    boxes: int = 2
-    channels: int = 64
-    hidden: int = 512
-    dropout: float = 0.5
-    head: str = "fc"
-
-
-@dataclass
-class SingleConfig:
-    """The single-object steps (:class:`multibox.models.SingleObjectNet`): ``single_object``'s
-    hidden layer and dropout."""
-
-    hidden: int = 256
-    dropout: float = 0.5
-
-
-@dataclass
-class ModelConfig:
-    """The network: its ``kind`` (one of :data:`multibox.kinds.KINDS`), its backbone, and the
-    section of its family (the others are ignored)."""
-
-    kind: str = "retinanet"
-    backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    retinanet: RetinaNetConfig = field(default_factory=RetinaNetConfig)
-    grid: GridConfig = field(default_factory=GridConfig)
-    ssd: SSDConfig = field(default_factory=SSDConfig)
-    yolo: YOLOConfig = field(default_factory=YOLOConfig)
-    yolov1: YOLOv1Config = field(default_factory=YOLOv1Config)
-    single: SingleConfig = field(default_factory=SingleConfig)
 
 
 @dataclass
@@ -346,6 +256,11 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "train.weight_decay": (0, None), "train.clip_grad": (0, None), "input.tile": (0, None),
     "model.yolov1.grid": (1, None), "model.yolov1.boxes": (1, None), "detect.score_thresh": (0, 1),
     "detect.nms_iou": (0, 1), "detect.topk": (1, None), "detect.max_det": (1, None),
+    "model.faster_rcnn.rpn_batch": (1, None), "model.faster_rcnn.roi_batch": (1, None),
+    "model.faster_rcnn.rpn_positive_fraction": (0, 1), "model.faster_rcnn.roi_positive_fraction": (0, 1),
+    "model.faster_rcnn.rpn_pos_iou": (0, 1), "model.faster_rcnn.rpn_neg_iou": (0, 1),
+    "model.faster_rcnn.rpn_nms_iou": (0, 1), "model.faster_rcnn.roi_pos_iou": (0, 1),
+    "model.faster_rcnn.roi_size": (1, None), "model.faster_rcnn.representation": (1, None),
 }  # fmt: skip
 
 

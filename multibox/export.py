@@ -31,7 +31,7 @@ from .inference.onnx import METADATA_KEY
 from .kinds import kind_of
 from .postprocess import class_scores
 
-__all__ = ["DetectionGraph", "export_onnx", "exported_predictor"]
+__all__ = ["DetectionGraph", "TwoStageGraph", "export_onnx", "exported_predictor"]
 
 OPSET = 17
 
@@ -122,6 +122,27 @@ class DetectionGraph(nn.Module):
         return top_boxes, top_scores, labels
 
 
+class TwoStageGraph(nn.Module):
+    """A two-stage detector (Faster R-CNN) with its post-processing, for one image, in operations
+    that export to ONNX: the RPN, its per-level top-k and NMS, RoIAlign (ONNX ``RoiAlign``) on the
+    proposals, the box head and :meth:`~multibox.models.FasterRCNN.detect`; the outputs as
+    :class:`DetectionGraph`'s for a batch of one (``boxes [1, max_det, 4]``, ``scores`` 0 where
+    there are fewer detections, ``labels``).
+    """
+
+    def __init__(self, model: nn.Module, image_size: Sequence[int], **settings):
+        super().__init__()
+        self.model, self.size, self.settings = model, (int(image_size[0]), int(image_size[1])), settings
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        found = self.model.detect(self.model(images), self.size, **self.settings)[0]
+        count = self.settings["max_det"]
+        boxes = torch.cat([found.boxes, found.boxes.new_zeros((count, 4))])[:count]
+        scores = torch.cat([found.scores, found.scores.new_zeros(count)])[:count]
+        labels = torch.cat([found.labels, found.labels.new_zeros(count)])[:count]
+        return boxes[None], scores[None], labels[None]
+
+
 def export_onnx(
     checkpoint: str | Path | Predictor,
     path: str | Path,
@@ -142,7 +163,9 @@ def export_onnx(
         checkpoint: a training checkpoint (``best.pt``), or a loaded :class:`~multibox.inference.Predictor`.
         path: the ``.onnx`` file to write.
         nms: put scoring, decoding and NMS in the graph (see :class:`DetectionGraph`); without,
-            the graph ends at the head's ``cls_logits`` and ``box_deltas``.
+            the graph ends at the head's ``cls_logits`` and ``box_deltas``. A two-stage detector
+            (Faster R-CNN) always has its NMS in the graph (:class:`TwoStageGraph`), for one
+            image at a time (a batch runs image by image in :func:`~multibox.load`'s predictor).
         dynamic_batch: any batch size (otherwise 1).
         score_thresh, nms_iou, max_det: post-processing settings baked in with ``nms``
             (default: the run's).
@@ -159,6 +182,8 @@ def export_onnx(
     and the file's metadata says so.
     """
     predictor = exported_predictor(checkpoint, image_size)
+    if kind_of(predictor.config).two_stage:
+        nms, dynamic_batch = True, False  # its proposals are kept by NMS inside the network
     settings = asdict(predictor.config.detect)
     asked = {"score_thresh": score_thresh, "nms_iou": nms_iou, "max_det": max_det}
     settings.update({k: v for k, v in asked.items() if v is not None})
@@ -182,8 +207,9 @@ def exported_predictor(checkpoint: str | Path | Predictor, image_size: Sequence[
     one fixed input size (``image_size``, default the run's; ``minmax`` becomes ``letterbox``)."""
     predictor = checkpoint if isinstance(checkpoint, Predictor) else load(checkpoint, device="cpu")
     config = copy.deepcopy(predictor.config)
+    name = "the model" if isinstance(checkpoint, Predictor) else str(checkpoint)
     if not kind_of(config).dense:
-        raise ValueError(f"{checkpoint}: a {config.model.kind} network; ONNX export covers the detectors with anchors")
+        raise ValueError(f"{name}: a {config.model.kind} network; ONNX export covers the detectors with anchors")
     if image_size is not None:
         config.input.size = (int(image_size[0]), int(image_size[1]))
     config.input.resize = predictor.preprocess.fixed().resize
@@ -214,6 +240,8 @@ def _trace(predictor: Predictor, path: Path, nms: bool, dynamic_batch: bool, set
 
     size = predictor.preprocess.size
     network: nn.Module = DetectionGraph(predictor.model, size, **settings) if nms else predictor.model
+    if kind_of(predictor.config).two_stage:
+        network = TwoStageGraph(predictor.model, size, **settings)
     outputs = ["boxes", "scores", "labels"] if nms else ["cls_logits", "box_deltas"]
     dynamic = {name: {0: "batch"} for name in ["images", *outputs]} if dynamic_batch else None
     example = torch.zeros((2 if dynamic_batch else 1, 3, *size))

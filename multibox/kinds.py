@@ -17,6 +17,7 @@ from functools import partial
 
 from torch import nn
 
+from . import builders
 from .anchor_doctor import (
     Coverage,
     FixedAnchors,
@@ -26,23 +27,10 @@ from .anchor_doctor import (
     fit_yolo_anchors,
     suggest_anchors,
 )
-from .anchors import grid_ratios
 from .auto import Choice
-from .config import Config, LossConfig, ModelConfig
-from .criterion import RetinaNetCriterion, SingleObjectCriterion, SSDCriterion, YOLOCriterion
-from .criterion_yolov1 import YOLOv1Criterion
+from .config import Config, ModelConfig
 from .data.records import DetectionSet
-from .models import (
-    AnchorConfig,
-    GridSSD,
-    MobileNetSSD,
-    RetinaNet,
-    SingleObjectNet,
-    ToySSD,
-    YOLOv1,
-    YOLOv3,
-    build_retinanet,
-)
+from .models import AnchorConfig, FasterRCNN, GridSSD, MobileNetSSD, RetinaNet, ToySSD, YOLOv1, YOLOv3
 from .models.backbones import freeze_leading_blocks
 
 __all__ = ["KINDS", "Diagnosis", "Kind", "build_criterion", "build_model", "kind_of", "seen_size"]
@@ -69,6 +57,10 @@ class Kind:
         fit: what it fits from the training data before training, in place in the config (the
             settings left ``auto``); returns the :class:`~multibox.auto.Choice` s made.
         doctor: its anchor doctor ``(config, dataset, input size) -> Diagnosis``.
+        two_stage: a two-stage detector (Faster R-CNN): its forward pass takes the targets in
+            training (the regions its second stage learns from are sampled against them) and
+            returns a :class:`~multibox.structures.TwoStageOutput`; exported with its NMS, one
+            image at a time (:class:`~multibox.export.TwoStageGraph`).
     """
 
     name: str
@@ -80,141 +72,12 @@ class Kind:
     activation: str | None = None
     fit: Callable[[Config, DetectionSet], list[Choice]] | None = None
     doctor: Callable[[Config, DetectionSet, Size], Diagnosis] | None = None
+    two_stage: bool = False
 
     @property
     def dense(self) -> bool:
         """A detector with anchors: per-anchor outputs, post-processing, ONNX export."""
         return self.activation is not None
-
-
-def _backbone(model: ModelConfig, pretrained: str) -> dict:
-    b = model.backbone
-    return {"backbone": b.name, "pretrained": pretrained, "frozen_bn": b.frozen_bn,
-            "trainable_stages": b.trainable_stages}  # fmt: skip
-
-
-# --- building ----------------------------------------------------------------------------------
-
-
-def _retinanet(model: ModelConfig, classes: int, size: Size, pretrained: str) -> nn.Module:
-    r = model.retinanet
-    anchors = AnchorConfig(r.anchor_strides, r.anchor_sizes, r.anchor_scales, r.anchor_ratios)
-    return build_retinanet(
-        classes, **_backbone(model, pretrained), fpn_channels=r.fpn_channels, head_convs=r.head_convs,
-        group_norm=r.group_norm, anchors=anchors, p6_from=r.p6_from, separable_head=r.separable_head,
-        separable_predictors=r.separable_predictors, separable_fpn=r.separable_fpn,
-    )  # fmt: skip
-
-
-def _single(model: ModelConfig, classes: int, size: Size, pretrained: str) -> nn.Module:
-    s = model.single
-    backbone = _backbone(model, pretrained)
-    return SingleObjectNet(classes, model.kind, size, **backbone, hidden=s.hidden, dropout=s.dropout)
-
-
-# ssd_grid: the course's first SSD, one 4x4 grid with one square anchor a cell
-_ONE_GRID = {"grids": 1, "zooms": (1.0,), "ratios": ((1.0, 1.0),)}
-
-
-def _grid(model: ModelConfig, classes: int, size: Size, pretrained: str, shapes: dict | None = None) -> nn.Module:
-    g = model.grid
-    shapes = dict(shapes or {})
-    if g.zooms:
-        shapes["zooms"] = tuple(g.zooms)
-    if g.ratios:
-        shapes["ratios"] = grid_ratios(g.ratios)
-    return GridSSD(
-        classes, size, **shapes, **_backbone(model, pretrained), channels=g.width, dropout=g.dropout,
-        grid_from=g.source, align=g.align,
-    )  # fmt: skip
-
-
-def _toyssd(model: ModelConfig, classes: int, size: Size, pretrained: str) -> nn.Module:
-    return ToySSD(classes, size, model.ssd.scales)  # from scratch: no backbone
-
-
-def _mobilenet_ssd(model: ModelConfig, classes: int, size: Size, pretrained: str, lite: bool = False) -> nn.Module:
-    return MobileNetSSD(classes, size, lite, **_backbone(model, pretrained), scales=model.ssd.scales)
-
-
-def _yolo(model: ModelConfig, classes: int, size: Size, pretrained: str) -> nn.Module:
-    y = model.yolo
-    return YOLOv3(classes, size, y.anchors, **_backbone(model, pretrained), width=y.width, spp=y.spp)
-
-
-# --- criteria ----------------------------------------------------------------------------------
-
-
-def _no_soft_targets(loss: LossConfig, kind: str) -> None:
-    if loss.soft_targets:
-        raise ValueError(f"loss.soft_targets is for the SSD family's bce class loss; {kind} has no such option")
-
-
-def _retinanet_criterion(config: Config, model: nn.Module) -> Callable:
-    loss = config.loss
-    _no_soft_targets(loss, "retinanet")
-    if loss.cls != "focal":
-        raise ValueError(f"RetinaNet trains with the sigmoid focal loss (loss.cls=focal), not {loss.cls!r}")
-    atss = {}
-    if loss.assigner == "atss":
-        if config.input.resize == "minmax" and not config.input.tile:
-            raise ValueError("loss.assigner=atss needs one input size: input.resize squish or letterbox")
-        atss = {"level_sizes": model.level_sizes(config.input.size), "atss_k": loss.atss_k}
-    return RetinaNetCriterion(
-        pos_iou=loss.pos_iou, neg_iou=loss.neg_iou, alpha=loss.focal_alpha, gamma=loss.focal_gamma,
-        box_loss=loss.box, box_weight=loss.box_weight, assigner=loss.assigner, **atss,
-    )  # fmt: skip
-
-
-def _no_atss(loss: LossConfig, kind: str) -> None:
-    if loss.assigner != "iou":
-        raise ValueError(f"loss.assigner={loss.assigner} is RetinaNet's; {kind} has its own matching")
-
-
-def _single_criterion(config: Config, model: nn.Module) -> Callable:
-    _no_soft_targets(config.loss, model.task)
-    _no_atss(config.loss, model.task)
-    return SingleObjectCriterion(model.task, config.loss.cls_weight)
-
-
-def _ssd_criterion(config: Config, model: nn.Module) -> Callable:
-    loss = config.loss
-    _no_atss(loss, type(model).__name__)
-    sigmoid = model.activation == "sigmoid"
-    if sigmoid != (loss.cls in ("bce", "focal")):
-        fits = "bce or focal" if sigmoid else "softmax or softmax_focal"
-        name = type(model).__name__
-        raise ValueError(f"{name} has a {model.activation} head: loss.cls must be {fits}, not {loss.cls!r}")
-    return SSDCriterion(
-        model.coder, loss.pos_iou, loss.cls, loss.box, loss.focal_alpha, loss.focal_gamma, loss.neg_pos_ratio,
-        loss.box_weight, soft_targets=loss.soft_targets,
-    )  # fmt: skip
-
-
-def _yolo_criterion(config: Config, model: nn.Module) -> Callable:
-    loss = config.loss
-    _no_soft_targets(loss, "yolov3")
-    _no_atss(loss, "yolov3")
-    return YOLOCriterion(
-        model.coder, model.level_sizes(), box_loss=loss.box, box_weight=loss.box_weight,
-        obj_weight=loss.obj_weight, cls_weight=loss.cls_weight,
-    )  # fmt: skip
-
-
-def _yolov1(model: ModelConfig, classes: int, size: Size, pretrained: str) -> nn.Module:
-    y = model.yolov1
-    return YOLOv1(classes, size, y.grid, y.boxes, **_backbone(model, pretrained), channels=y.channels,
-                  hidden=y.hidden, dropout=y.dropout, head=y.head)  # fmt: skip
-
-
-def _yolov1_criterion(config: Config, model: nn.Module) -> Callable:
-    loss = config.loss
-    _no_soft_targets(loss, "yolov1")
-    _no_atss(loss, "yolov1")
-    return YOLOv1Criterion(
-        model.coder, model.grid, model.boxes, box_weight=loss.box_weight, obj_weight=loss.obj_weight,
-        noobj_weight=loss.noobj_weight, cls_weight=loss.cls_weight,
-    )  # fmt: skip
 
 
 # --- fitted from the data ----------------------------------------------------------------------
@@ -308,6 +171,18 @@ def _yolo_doctor(config: Config, data: DetectionSet, size: Size) -> Diagnosis:
     return current, _measure(config, data, size, _fixed(fitted, size, "k-means shapes"), neg), overrides
 
 
+def _faster_rcnn_doctor(config: Config, data: DetectionSet, size: Size) -> Diagnosis:
+    """The RPN's anchors, measured at its thresholds (``rpn_pos_iou``, ``rpn_neg_iou``)."""
+    f = config.model.faster_rcnn
+    current = AnchorConfig(f.anchor_strides, f.anchor_sizes, f.anchor_scales, f.anchor_ratios)
+    fitted = suggest_anchors(data, current, size, config.input.resize, f.rpn_pos_iou)
+    overrides = _listed("model.faster_rcnn.anchor_sizes", fitted.sizes) + " "
+    overrides += _listed("model.faster_rcnn.anchor_ratios", fitted.ratios)
+    resize = config.input.resize
+    cover = [anchor_coverage(data, a, size, resize, f.rpn_pos_iou, f.rpn_neg_iou) for a in (current, fitted)]
+    return cover[0], cover[1], overrides
+
+
 def _with_grid(model: ModelConfig, zooms, ratios) -> ModelConfig:
     return dataclasses.replace(model, grid=dataclasses.replace(model.grid, zooms=tuple(zooms), ratios=tuple(ratios)))
 
@@ -348,23 +223,23 @@ def _ssd_doctor(config: Config, data: DetectionSet, size: Size) -> Diagnosis:
 
 
 def _single_kind(name: str, metric: str, evaluation: str = "single") -> Kind:
-    return Kind(name, "single", _single, _single_criterion, metric, evaluation)
+    return Kind(name, "single", builders.single, builders.single_criterion, metric, evaluation)
 
 
 def _grid_kind(name: str, build: Callable) -> Kind:
-    return Kind(name, "grid", build, _ssd_criterion, activation=GridSSD.activation, doctor=_grid_doctor)
+    return Kind(name, "grid", build, builders.ssd_criterion, activation=GridSSD.activation, doctor=_grid_doctor)
 
 
 def _ssd_kind(name: str, build: Callable, network: type) -> Kind:
-    return Kind(name, "ssd", build, _ssd_criterion, activation=network.activation, doctor=_ssd_doctor)
+    return Kind(name, "ssd", build, builders.ssd_criterion, activation=network.activation, doctor=_ssd_doctor)
 
 
 KINDS: dict[str, Kind] = {
     "retinanet": Kind(
         "retinanet",
         "retinanet",
-        _retinanet,
-        _retinanet_criterion,
+        builders.retinanet,
+        builders.retinanet_criterion,
         activation=RetinaNet.activation,
         fit=_fit_retinanet_anchors,
         doctor=_retinanet_doctor,
@@ -373,17 +248,26 @@ KINDS: dict[str, Kind] = {
     "largest_box": _single_kind("largest_box", "IoU"),
     "single_object": _single_kind("single_object", "AP"),
     "multilabel": _single_kind("multilabel", "mAP", "multilabel"),
-    "ssd_grid": _grid_kind("ssd_grid", partial(_grid, shapes=_ONE_GRID)),
-    "ssd_multihead": _grid_kind("ssd_multihead", _grid),
-    "toyssd": _ssd_kind("toyssd", _toyssd, ToySSD),
-    "ssd300": _ssd_kind("ssd300", _mobilenet_ssd, MobileNetSSD),
-    "ssdlite": _ssd_kind("ssdlite", partial(_mobilenet_ssd, lite=True), MobileNetSSD),
-    "yolov1": Kind("yolov1", "yolov1", _yolov1, _yolov1_criterion, activation=YOLOv1.activation),
+    "ssd_grid": _grid_kind("ssd_grid", partial(builders.grid, shapes=builders.ONE_GRID)),
+    "ssd_multihead": _grid_kind("ssd_multihead", builders.grid),
+    "toyssd": _ssd_kind("toyssd", builders.toyssd, ToySSD),
+    "ssd300": _ssd_kind("ssd300", builders.mobilenet_ssd, MobileNetSSD),
+    "ssdlite": _ssd_kind("ssdlite", partial(builders.mobilenet_ssd, lite=True), MobileNetSSD),
+    "yolov1": Kind("yolov1", "yolov1", builders.yolov1, builders.yolov1_criterion, activation=YOLOv1.activation),
+    "faster_rcnn": Kind(
+        "faster_rcnn",
+        "faster_rcnn",
+        builders.faster_rcnn,
+        builders.faster_rcnn_criterion,
+        activation=FasterRCNN.activation,
+        doctor=_faster_rcnn_doctor,
+        two_stage=True,
+    ),
     "yolov3": Kind(
         "yolov3",
         "yolo",
-        _yolo,
-        _yolo_criterion,
+        builders.yolo,
+        builders.yolo_criterion,
         activation=YOLOv3.activation,
         fit=_fit_yolo_anchors,
         doctor=_yolo_doctor,

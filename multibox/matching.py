@@ -29,6 +29,7 @@ __all__ = [
     "match_yolo",
     "pad_batch",
     "relative_iou",
+    "sample_balanced",
 ]
 
 NEGATIVE = -1
@@ -359,3 +360,17 @@ def match_yolo(boxes: Tensor, anchors: Tensor, strides: Tensor, rule: str = "rat
     score = torch.where(candidate, shape_iou, -1.0)
     value, index = score.max(dim=1)
     return torch.where(value >= 0, index, matched)
+
+
+def sample_balanced(matched: Tensor, batch: int, positive_fraction: float) -> tuple[Tensor, Tensor]:
+    """Faster R-CNN's sampler: indices of up to ``batch`` entries of one image's ``matched``, at
+    most ``int(batch * positive_fraction)`` of them positive (``matched >= 0``), the rest
+    :data:`NEGATIVE` (fewer when there are not enough), each drawn uniformly at random without
+    replacement (torch's generator); :data:`IGNORE` never. Returns ``(positives, negatives)``."""
+    positive = torch.where(matched >= 0)[0]
+    negative = torch.where(matched == NEGATIVE)[0]
+    num_positive = min(int(batch * positive_fraction), positive.numel())
+    num_negative = min(batch - num_positive, negative.numel())
+    positive = positive[torch.randperm(positive.numel(), device=matched.device)[:num_positive]]
+    negative = negative[torch.randperm(negative.numel(), device=matched.device)[:num_negative]]
+    return positive, negative

@@ -1,4 +1,4 @@
-"""The two result types that cross module boundaries: a dense head's output and detections."""
+"""The result types that cross module boundaries: a dense head's output, a two-stage detector's, detections."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["DenseOutput", "Detections", "match_detections"]
+__all__ = ["DenseOutput", "Detections", "TwoStageOutput", "match_detections"]
 
 
 class DenseOutput(NamedTuple):
@@ -20,6 +20,29 @@ class DenseOutput(NamedTuple):
         box_deltas: ``[B, A, 4]`` box regression outputs per anchor, in the coder's units.
     """
 
+    cls_logits: Tensor
+    box_deltas: Tensor
+
+
+class TwoStageOutput(NamedTuple):
+    """What a two-stage detector (Faster R-CNN) returns, in training and in evaluation alike: its
+    region proposal network's dense outputs over the anchors, and its second stage's outputs on
+    the regions it classified.
+
+    Attributes:
+        objectness: ``[B, A]`` the RPN's object logits over the anchors (``model.anchors(size)``).
+        rpn_deltas: ``[B, A, 4]`` the RPN's box deltas (``DeltaCoder()`` units).
+        rois: ``[R, 5]`` the regions of interest, ``(image index, x1, y1, x2, y2)`` in input
+            pixels, without gradient: each image's proposals; in training (the model given the
+            targets) the proposals and ground-truth boxes sampled for the second stage.
+        cls_logits: ``[R, K + 1]`` class logits of each region, background in column 0.
+        box_deltas: ``[R, K + 1, 4]`` a box refinement of each region per class (column 0
+            unused), in the second stage's coder's units.
+    """
+
+    objectness: Tensor
+    rpn_deltas: Tensor
+    rois: Tensor
     cls_logits: Tensor
     box_deltas: Tensor
 

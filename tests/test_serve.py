@@ -243,3 +243,22 @@ def test_soak_of_images_of_varied_sizes_keeps_the_server_memory_flat(digits, tmp
         print(f"\nsoak: 500 requests, server RSS {' '.join(f'{mb:.0f}' for _, mb, _ in rows)} MB; growth after 200: "
               f"{growth:+.1f} MB")  # fmt: skip
     assert rows[-1][2] == 0 and growth < 50
+
+
+def test_a_two_stage_checkpoint_is_served(digits, tmp_path):
+    """Faster R-CNN (its own output type) answers through the same server as the one-stage kinds."""
+    from multibox.config import load_config
+    from multibox.data.io import read_image
+    from multibox.engine import train
+
+    overrides = [f"data.path={digits}", f"output={tmp_path}", "data.val_split=", "model.backbone.pretrained=none",
+                 "input.size=[64, 64]", "train.batch_size=2", "train.max_steps=1",
+                 "detect.score_thresh=0.0"]  # fmt: skip
+    train(load_config("faster_rcnn", overrides), progress=False)
+    detector = load(tmp_path / "last.pt")
+    path = sorted((digits / "JPEGImages").glob("val_*.jpg"))[0]
+    expected = detector.predict(read_image(path), conf=0.0)
+    with Server(create_app(detector)) as server:
+        status, raw = server.request("/v1/detect?conf=0", *_multipart(path.read_bytes()))
+    assert status == 200 and len(raw["detections"]) == len(expected) > 0
+    assert np.allclose([d["box"] for d in raw["detections"]], expected.boxes.tolist(), atol=0.01)

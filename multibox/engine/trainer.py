@@ -92,7 +92,7 @@ class Trainer:
             self.network = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.preprocess = Preprocess.of(config.input)
         self._anchors: dict[tuple[int, int], Tensor] = {}  # per input size (minmax resizing varies it)
-        self.dense = kind.dense
+        self.dense, self.two_stage = kind.dense, kind.two_stage
         self.criterion = build_criterion(config, self.model)
         pre = self.preprocess
         # with tiles, each image is as many random tiles an epoch as its tile grid holds
@@ -136,7 +136,8 @@ class Trainer:
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         targets = [{k: target[k].to(self.device) for k in ("boxes", "labels")} for target in targets]
         with torch.autocast(self.device.type, self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-            output = self.network(images)
+            # a two-stage network samples the regions its second stage learns from against the targets
+            output = self.network(images, targets) if self.two_stage else self.network(images)
         output = type(output)(*(None if part is None else part.float() for part in output))
         if self.dense:
             return self.criterion(output, self.anchors(images.shape[-2:]), targets)

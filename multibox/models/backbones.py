@@ -47,11 +47,12 @@ _MOBILENET_STAGES_BEFORE_C3 = 4  # the stem (blocks 0-1) and the stride-4 stage 
 
 
 class Backbone(nn.Module):
-    """``body(images)`` -> ``OrderedDict`` of C3, C4, C5 keyed ``"0"``, ``"1"``, ``"2"``.
+    """``body(images)`` -> ``OrderedDict`` of C3, C4, C5 keyed ``"0"``, ``"1"``, ``"2"`` (or of
+    C2-C5, keyed ``"0"``-``"3"``, when built with ``first_level=2``).
 
     Attributes:
         body: the feature extractor.
-        out_channels: channels of C3, C4, C5.
+        out_channels: channels of each returned level.
     """
 
     def __init__(self, body: nn.Module, out_channels: list[int]):
@@ -131,7 +132,8 @@ def attach_prefix_cache(model: nn.Module, max_bytes: int = 4 << 30) -> FrozenPre
 
 
 class _MobileNetStages(nn.Module):
-    """MobileNetV2's blocks, returning C3, C4 and C5.
+    """MobileNetV2's blocks, returning C3, C4 and C5 (and C2 before them with ``stages``
+    starting at block 4).
 
     On CPU, the leading blocks that need no gradient (frozen, or under ``torch.no_grad``),
     among the stem and the stride-4 stage, run one image at a time: their expanded
@@ -141,9 +143,10 @@ class _MobileNetStages(nn.Module):
     :class:`FrozenPrefixCache` (``cache``, on CPU), its frozen blocks' outputs come from it.
     """
 
-    def __init__(self, features: nn.Sequential):
+    def __init__(self, features: nn.Sequential, stages: tuple[int, ...] = _MOBILENET_STAGES):
         super().__init__()
         self.features = features
+        self.stages = stages
         self.cache: FrozenPrefixCache | None = None
 
     @staticmethod
@@ -172,7 +175,7 @@ class _MobileNetStages(nn.Module):
             x = torch.cat([self.cache(image, self.features[:start]) for image in x.split(1)])
         elif start := self._image_by_image(x):
             x = torch.cat([self.features[:start](image) for image in x.split(1)])
-        for key, stop in enumerate(_MOBILENET_STAGES):
+        for key, stop in enumerate(self.stages):
             for block in self.features[start:stop]:
                 x = block(x)
             out[str(key)] = x
@@ -332,9 +335,14 @@ def freeze_leading_blocks(model: nn.Module, count: int) -> nn.Module:
 
 
 def build_backbone(
-    name: str = "mobilenet_v2", pretrained: str = "imagenet", frozen_bn: bool = True, trainable_stages: int = 3
+    name: str = "mobilenet_v2",
+    pretrained: str = "imagenet",
+    frozen_bn: bool = True,
+    trainable_stages: int = 3,
+    first_level: int = 3,
 ) -> Backbone:
-    """A backbone returning C3, C4, C5.
+    """A backbone returning C3, C4, C5 (``first_level=3``), or C2-C5 (``first_level=2``: the
+    stride-4 level too, as torchvision's Faster R-CNN FPN).
 
     Args:
         name: one of :data:`BACKBONES`.
@@ -345,7 +353,10 @@ def build_backbone(
         trainable_stages: how many stages, counted from the deepest, are trained, 0..5: the
             stride-32, -16, -8 and -4 stages, then the stem (ResNets: layer4, layer3, layer2,
             layer1, conv1; MobileNetV2: blocks 14-17, 7-13, 4-6, 2-3, 0-1).
+        first_level: 3 (C3-C5) or 2 (C2-C5).
     """
+    if first_level not in (2, 3):
+        raise ValueError(f"first_level is 2 (C2-C5) or 3 (C3-C5), got {first_level}")
     if name not in BACKBONES:
         raise ValueError(f"backbone must be one of {BACKBONES}, got {name!r}")
     if pretrained not in ("imagenet", "none"):
@@ -362,7 +373,10 @@ def build_backbone(
         if frozen_bn:
             fold_frozen_batchnorm(network)
         copy_free_relu6(network)
-        return Backbone(_MobileNetStages(network.features[: _MOBILENET_STAGES[-1]]), [32, 96, 320])
+        stages, channels = _MOBILENET_STAGES, [32, 96, 320]
+        if first_level == 2:
+            stages, channels = (_MOBILENET_STAGES_BEFORE_C3, *stages), [24, *channels]
+        return Backbone(_MobileNetStages(network.features[: _MOBILENET_STAGES[-1]], stages), channels)
     network = getattr(models, name)(weights=None, norm_layer=norm)
     if pretrained == "imagenet":
         network.load_state_dict(_imagenet_state_dict(name))
@@ -373,6 +387,7 @@ def build_backbone(
     )
     if frozen_bn:
         fold_frozen_batchnorm(network)
-    body = IntermediateLayerGetter(network, {"layer2": "0", "layer3": "1", "layer4": "2"})
+    layers = ["layer1", "layer2", "layer3", "layer4"][first_level - 2 :]
+    body = IntermediateLayerGetter(network, {layer: str(i) for i, layer in enumerate(layers)})
     width = 4 if name == "resnet50" else 1
-    return Backbone(body, [128 * width, 256 * width, 512 * width])
+    return Backbone(body, [64 * width, 128 * width, 256 * width, 512 * width][first_level - 2 :])
