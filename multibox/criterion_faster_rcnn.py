@@ -50,8 +50,9 @@ class FasterRCNNCriterion:
         losses["total"] = obj + cls + self.box_weight * (rpn_box + box)
         return losses
 
-    def rpn_losses(self, output: TwoStageOutput, anchors: Tensor, targets: Sequence[dict]) -> tuple[Tensor, Tensor]:
-        """The RPN's objectness and box losses on its sampled anchors."""
+    def sample_anchors(self, anchors: Tensor, targets: Sequence[dict]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The RPN's training anchors: ``(image, anchor, positive, deltas)``, the image and anchor
+        index of each sampled anchor, whether it is positive, and the positives' target deltas."""
         images, chosen, flags, deltas = [], [], [], []
         for image, target in enumerate(targets):
             boxes = target["boxes"]
@@ -64,12 +65,15 @@ class FasterRCNNCriterion:
             chosen.append(torch.cat([positive, negative]))
             flags.append(torch.arange(len(chosen[-1]), device=anchors.device) < len(positive))
             deltas.append(RPN_CODER.encode(anchors[positive], boxes[matched[positive]]))
-        image, anchor = torch.cat(images), torch.cat(chosen)
-        is_positive = torch.cat(flags)
+        return torch.cat(images), torch.cat(chosen), torch.cat(flags), torch.cat(deltas)
+
+    def rpn_losses(self, output: TwoStageOutput, anchors: Tensor, targets: Sequence[dict]) -> tuple[Tensor, Tensor]:
+        """The RPN's objectness and box losses on its sampled anchors."""
+        image, anchor, positive, deltas = self.sample_anchors(anchors, targets)
         logits = output.objectness[image, anchor]
-        obj = F.binary_cross_entropy_with_logits(logits, is_positive.to(logits.dtype)) if len(logits) else logits.sum()
-        predicted = output.rpn_deltas[image[is_positive], anchor[is_positive]]
-        box = smooth_l1_loss(predicted, torch.cat(deltas), SMOOTH_L1_BETA, reduction="sum") / max(len(anchor), 1)
+        obj = F.binary_cross_entropy_with_logits(logits, positive.to(logits.dtype)) if len(logits) else logits.sum()
+        predicted = output.rpn_deltas[image[positive], anchor[positive]]
+        box = smooth_l1_loss(predicted, deltas, SMOOTH_L1_BETA, reduction="sum") / max(len(anchor), 1)
         return obj, box
 
     def roi_losses(self, output: TwoStageOutput, targets: Sequence[dict]) -> tuple[Tensor, Tensor]:

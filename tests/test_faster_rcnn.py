@@ -146,6 +146,22 @@ def test_sample_balanced_counts():
     assert len(positive) == 0 and len(negative) == 100
 
 
+def test_rpn_samples_256_anchors_an_image_at_most_half_positive():
+    torch.manual_seed(0)
+    config = load_config("faster_rcnn", ["model.backbone.pretrained=none"])
+    anchors = build_model(config.model, 3, "none", (256, 256)).anchors((256, 256))
+    many = anchors[torch.randperm(len(anchors))[:200]]  # 200 boxes that are anchors: 200 positives and more
+    one = torch.tensor([[100.0, 100, 113, 118]])  # small: its best anchors alone
+    empty = torch.zeros((0, 4))
+    targets = [{"boxes": b, "labels": torch.zeros(len(b), dtype=torch.long)} for b in (many, one, empty)]
+    image, anchor, positive, deltas = FasterRCNNCriterion().sample_anchors(anchors, targets)
+    counts = torch.bincount(image, minlength=3).tolist()
+    positives = torch.bincount(image[positive], minlength=3).tolist()
+    assert positives[0] == 128  # capped at half of 256
+    assert counts == [256, 256, 256] and 1 <= positives[1] <= 4 and positives[2] == 0
+    assert len(deltas) == int(positive.sum()) and len(set(anchor[image == 0].tolist())) == 256  # no repeats
+
+
 def test_roi_sampling_takes_a_quarter_positives_and_the_boxes_themselves():
     torch.manual_seed(0)
     box = torch.tensor([[100.0, 100.0, 160.0, 180.0]])
