@@ -1,5 +1,6 @@
-"""Batch-1 latency of the default preset on this CPU: PyTorch eager, onnxruntime fp32 and INT8, and
-torchvision's RetinaNet on the same MobileNetV2 backbone; and the COCO AP of fp32 and INT8.
+"""Batch-1 latency of the default preset on this CPU: PyTorch eager, onnxruntime fp32 and INT8,
+OpenVINO fp32, bf16 (where the CPU has it) and INT8, and torchvision's RetinaNet on the same
+MobileNetV2 backbone; and the COCO AP of each exported graph.
 
     python bench/onnx_latency.py --weights runs/demo/best.pt --data data/demo-digits [--size 512 --repeats 20]
 
@@ -7,8 +8,9 @@ Latency is a normalised image tensor in, final detections out (score 0.05, top-1
 NMS 0.5, 100 detections): ``model`` + ``detect`` for PyTorch, the ``--nms`` graph of ``multibox
 export`` for onnxruntime (all post-processing inside), torchvision's ``RetinaNet`` (its own 4-conv
 head at the FPN's width, transform included) with the checkpoint's MobileNetV2 weights. The INT8
-graph's convolutions are calibrated on 64 training images. AP: the validation split at the
-checkpoint's own input size, fp32 and INT8 ONNX graphs through ``multibox eval``'s code.
+graphs are calibrated on 64 training images (onnxruntime: its static QDQ quantization of the
+convolutions; OpenVINO: NNCF's post-training quantization of the IR). AP: the validation split at
+the checkpoint's own input size, each graph through ``multibox eval``'s code.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 import onnxruntime
+import openvino
 import torch
 from _timing import compare, machine, report
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -29,8 +32,9 @@ from multibox import load
 from multibox.data import load_dataset
 from multibox.data.io import IMAGE_SUFFIXES
 from multibox.evaluation import evaluate
-from multibox.export import export_onnx
-from multibox.inference import OnnxPredictor
+from multibox.export import export_onnx, export_openvino
+from multibox.inference import OnnxPredictor, OpenVinoPredictor
+from multibox.inference.openvino import cpu_capabilities
 
 
 class _MobileNetFPN(torch.nn.Module):
@@ -81,6 +85,13 @@ def main() -> None:
     pytorch_ap = evaluate(ours.model, val, ours.config)[0]["AP"]
     print(f"COCO AP on {args.data} val: PyTorch {pytorch_ap:.4f}, onnxruntime fp32 {ap['fp32']:.4f}, "
           f"INT8 {ap['int8']:.4f} (INT8 - fp32: {100 * (ap['int8'] - ap['fp32']):+.2f} points)")  # fmt: skip
+    precisions = [p for p in ("fp32", "bf16", "int8") if p != "bf16" or "BF16" in cpu_capabilities()]
+    for precision in precisions:
+        path = export_openvino(ours, work / f"ov-{precision}-eval.xml", precision, dynamic_batch=True, calib=calib)
+        detector = OpenVinoPredictor(path)
+        ap[f"openvino {precision}"] = evaluate(detector.model, val, detector.config)[0]["AP"]
+        print(f"COCO AP, OpenVINO {precision}: {ap[f'openvino {precision}']:.4f} "
+              f"({100 * (ap[f'openvino {precision}'] - pytorch_ap):+.2f} points against PyTorch)")  # fmt: skip
 
     # latency at --size: the same weights, exported for that input
     sessions, size = {}, (args.size, args.size)
@@ -89,6 +100,11 @@ def main() -> None:
         options = onnxruntime.SessionOptions()  # no busy-waiting threads between runs: fair interleaved timing
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         sessions[name] = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    compiled = {
+        precision: OpenVinoPredictor(export_openvino(ours, work / f"ov-{precision}.xml", precision, calib=calib,
+                                                     image_size=size)).model.session
+        for precision in precisions
+    }  # fmt: skip
     peer = torchvision_peer(ours, args.size, len(ours.class_names))
     image = torch.randn(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(3))
     array = image.numpy()
@@ -104,19 +120,25 @@ def main() -> None:
     def theirs():
         return peer([image[0]])
 
-    print(machine(), f"onnxruntime {onnxruntime.__version__}")
+    def openvino_runtime(precision):
+        return lambda: compiled[precision](array)
+
+    print(machine(), f"onnxruntime {onnxruntime.__version__}, OpenVINO {openvino.__version__}")
     label = f"batch-1 latency at {args.size}"
     ratios = {}
     for name, fn in (
         ("PyTorch eager", eager),
         ("onnxruntime fp32", runtime("fp32")),
         ("onnxruntime INT8", runtime("int8")),
+        *((f"OpenVINO {precision}", openvino_runtime(precision)) for precision in precisions),
     ):
         t_ours, t_theirs = compare(fn, theirs, args.repeats, torch.device("cpu"))
         report(f"{label}: {name}", t_ours, t_theirs, "torchvision")
         ratios[name] = t_ours / t_theirs
     print(f"time ratio onnxruntime fp32 / torchvision eager: {ratios['onnxruntime fp32']:.2f} (target <= 0.8)")
     print(f"time ratio onnxruntime INT8 / torchvision eager: {ratios['onnxruntime INT8']:.2f} (target <= 0.4)")
+    fastest = min(ratios, key=ratios.get)
+    print(f"fastest: {fastest}, {ratios[fastest]:.2f} of torchvision eager's time (issue 27's target <= 0.25)")
 
 
 if __name__ == "__main__":

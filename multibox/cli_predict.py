@@ -23,7 +23,7 @@ def predict(
     out: Path = typer.Option(Path("runs/predict"), help="folder for annotated images and predictions.json"),
     conf: float = typer.Option(0.3, help="score threshold, 0..1"),
     iou: float | None = typer.Option(None, help="NMS IoU threshold (default: the run's, or the exported graph's)"),
-    runtime: str = typer.Option("auto", help="torch, onnx (onnxruntime, for `multibox export` files) or auto"),
+    runtime: str = typer.Option("auto", help="torch, onnx (onnxruntime), openvino (an .xml IR) or auto (by the file)"),
     tile: int | None = typer.Option(None, help="cut large images into overlapping tiles of this side (pixels)"),
     overlap: float | None = typer.Option(
         None, help="with --tile: overlap of neighbouring tiles, a fraction of a tile (default 0.2)"
@@ -34,6 +34,7 @@ def predict(
 
     Example: multibox predict --weights runs/demo/best.pt data/digits/JPEGImages/val_0000*.jpg --out preds
     Example: multibox predict --weights digits.onnx --runtime onnx data/digits/JPEGImages/val_0000*.jpg
+    Example: multibox predict --weights digits.xml --runtime openvino data/digits/JPEGImages/val_0000*.jpg
     Example: multibox predict --weights runs/demo/best.pt aerial.jpg --tile 512 --overlap 0.2
     """
     from .data.formats import write_coco_results
@@ -163,11 +164,12 @@ def _image_paths(sources: list[str]) -> list[Path]:
 
 
 def _check_runtime(runtime: str, weights: Path) -> None:
-    onnx_file = weights.suffix.lower() == ".onnx"
-    if runtime not in ("auto", "torch", "onnx"):
-        raise ValueError(f"--runtime must be auto, torch or onnx, got {runtime!r}")
-    if runtime != "auto" and (runtime == "onnx") != onnx_file:
-        raise ValueError(
-            f"--runtime {runtime} runs {'an .onnx file' if runtime == 'onnx' else 'a checkpoint (.pt)'}, got "
-            f"{weights}" + ("; make one with `multibox export --weights CKPT`" if runtime == "onnx" else "")
-        )
+    runtimes = {"torch": ".pt", "onnx": ".onnx", "openvino": ".xml"}
+    if runtime != "auto" and runtime not in runtimes:
+        raise ValueError(f"--runtime must be auto, torch, onnx or openvino, got {runtime!r}")
+    if runtime in ("onnx", "openvino") and weights.suffix.lower() != runtimes[runtime]:
+        fmt = f" --format {runtime}" if runtime == "openvino" else ""
+        raise ValueError(f"--runtime {runtime} runs a {runtimes[runtime]} file, got {weights}; make one with "
+                         f"`multibox export --weights CKPT{fmt}`")  # fmt: skip
+    if runtime == "torch" and weights.suffix.lower() in (".onnx", ".xml"):
+        raise ValueError(f"--runtime torch runs a checkpoint (.pt), got {weights}")

@@ -251,18 +251,19 @@ def _anchor_report(data, split, preset, size, config, dataset, coverage, suggest
 
 def export(
     weights: Path = typer.Option(..., help="checkpoint (best.pt)"),
-    fmt: str = typer.Option("onnx", "--format", help="onnx"),
-    out: Path | None = typer.Option(None, help="file to write (default: the checkpoint's name with .onnx)"),
+    fmt: str = typer.Option("onnx", "--format", help="onnx (onnxruntime) or openvino (an IR: .xml and .bin)"),
+    out: Path | None = typer.Option(None, help="file to write (default: the checkpoint's name with .onnx / .xml)"),
+    precision: str = typer.Option("fp32", help="openvino: fp32, bf16 (CPUs with bf16) or int8 (with --calib)"),
     nms: bool = typer.Option(False, "--nms", help="decoding and NMS in the graph (onnxruntime alone gives detections)"),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="any batch size (otherwise 1)"),
     conf: float | None = typer.Option(None, help="with --nms: score threshold in the graph (default: the run's)"),
     iou: float | None = typer.Option(None, help="with --nms: NMS IoU threshold (default: the run's)"),
     max_det: int | None = typer.Option(None, help="with --nms: detections per image (default: the run's)"),
     int8: bool = typer.Option(False, "--int8", help="INT8 convolutions, ranges calibrated on --calib images"),
-    calib: Path | None = typer.Option(None, help="with --int8: folder of calibration images"),
+    calib: Path | None = typer.Option(None, help="with --int8 or --precision int8: folder of calibration images"),
     image_size: int | None = typer.Option(None, help="square input size of the graph (default: the run's)"),
 ) -> None:
-    """Export a trained detector to ONNX, for onnxruntime (``multibox predict --runtime onnx``).
+    """Export a trained detector to ONNX, for onnxruntime, or to an OpenVINO IR (``--format openvino``).
 
     Without --nms the graph ends at the head's class logits and box offsets; with it, scoring,
     decoding, class-wise NMS and the best max-det per image are in the graph, as outputs boxes
@@ -270,23 +271,28 @@ def export(
     The file's metadata holds the class names, input size, resize and normalisation.
 
     A two-stage detector (faster_rcnn) is always exported with its NMS, for one image at a time.
+    An OpenVINO IR always holds the NMS graph; it runs at --precision (bf16 only on CPUs with bf16
+    instructions, int8 quantized by NNCF on the --calib images).
 
     Example: multibox export --weights runs/digits/best.pt --nms --dynamic-batch --out digits.onnx
     Example: multibox export --weights runs/digits/best.pt --int8 --calib data/digits/JPEGImages --out int8.onnx
+    Example: multibox export --weights runs/digits/best.pt --format openvino --precision bf16 --out digits.xml
     """
-    from .export import export_onnx
+    from .export import export_onnx, export_openvino
     from .inference import load
     from .kinds import kind_of
 
-    if fmt != "onnx":
-        _fail(ValueError(f"--format must be onnx, got {fmt!r}"))
-    target = out or weights.with_suffix(".onnx")
+    openvino = fmt == "openvino"
+    target = out or weights.with_suffix(".xml" if openvino else ".onnx")
+    size = (image_size, image_size) if image_size else None
     try:
+        _check_export_options(fmt, precision, int8)
         predictor = load(weights, device="cpu")
-        export_onnx(
-            predictor, target, nms, dynamic_batch, score_thresh=conf, nms_iou=iou, max_det=max_det, int8=int8,
-            calib=calib, image_size=(image_size, image_size) if image_size else None,
-        )  # fmt: skip
+        if openvino:
+            export_openvino(predictor, target, precision, dynamic_batch, conf, iou, max_det, calib, image_size=size)
+        else:
+            export_onnx(predictor, target, nms, dynamic_batch, score_thresh=conf, nms_iou=iou, max_det=max_det,
+                        int8=int8, calib=calib, image_size=size)  # fmt: skip
     except (DataError, ValueError, RuntimeError, OSError) as error:
         _fail(error)
     if predictor.preprocess.fixed().resize != predictor.preprocess.resize:
@@ -295,13 +301,27 @@ def export(
     if kind_of(predictor.config).two_stage and not (nms and not dynamic_batch):
         typer.echo("a two-stage graph holds its proposals' NMS: exported with --nms, for one image at a time")
         nms, dynamic_batch = True, False
+    if openvino:
+        batch = "any" if dynamic_batch else 1
+        typer.echo(f"written: {target} and {target.with_suffix('.bin')} (OpenVINO IR with NMS, batch {batch}, "
+                   f"{precision}); run it: multibox predict --weights {target}")  # fmt: skip
+        return
     graph = "with NMS (outputs boxes, scores, labels)" if nms else "network only (outputs cls_logits, box_deltas)"
-    precision = "INT8 convolutions" if int8 else "fp32"
-    typer.echo(f"written: {target} ({graph}, batch {'any' if dynamic_batch else 1}, {precision})")
+    typer.echo(f"written: {target} ({graph}, batch {'any' if dynamic_batch else 1}, "
+               f"{'INT8 convolutions' if int8 else 'fp32'})")  # fmt: skip
+
+
+def _check_export_options(fmt: str, precision: str, int8: bool) -> None:
+    if fmt not in ("onnx", "openvino"):
+        raise ValueError(f"--format must be onnx or openvino, got {fmt!r}")
+    if fmt == "onnx" and precision != "fp32":
+        raise ValueError(f"--precision {precision} is OpenVINO's: add --format openvino (onnxruntime's INT8: --int8)")
+    if fmt == "openvino" and int8:
+        raise ValueError("--int8 is onnxruntime's; for OpenVINO give --precision int8 --calib FOLDER")
 
 
 def serve(
-    weights: Path = typer.Option(..., help="checkpoint (best.pt) or exported .onnx file"),
+    weights: Path = typer.Option(..., help="checkpoint (best.pt), exported .onnx file or OpenVINO .xml"),
     host: str = typer.Option("127.0.0.1", help="address to bind: loopback unless you mean to open it"),
     port: int = typer.Option(8000, help="port"),
     max_mb: float = typer.Option(20.0, help="largest upload, MB"),

@@ -31,7 +31,7 @@ from .inference.onnx import METADATA_KEY
 from .kinds import kind_of
 from .postprocess import class_scores
 
-__all__ = ["DetectionGraph", "TwoStageGraph", "export_onnx", "exported_predictor"]
+__all__ = ["DetectionGraph", "TwoStageGraph", "export_onnx", "export_openvino", "exported_predictor"]
 
 OPSET = 17
 
@@ -242,6 +242,9 @@ def _trace(predictor: Predictor, path: Path, nms: bool, dynamic_batch: bool, set
     network: nn.Module = DetectionGraph(predictor.model, size, **settings) if nms else predictor.model
     if kind_of(predictor.config).two_stage:
         network = TwoStageGraph(predictor.model, size, **settings)
+    # in evaluation mode: torch.onnx.export puts the wrapper back in the mode it found it in, and a
+    # new module is in training mode, which would leave the predictor's network training
+    network.eval()
     outputs = ["boxes", "scores", "labels"] if nms else ["cls_logits", "box_deltas"]
     dynamic = {name: {0: "batch"} for name in ["images", *outputs]} if dynamic_batch else None
     example = torch.zeros((2 if dynamic_batch else 1, 3, *size))
@@ -271,18 +274,13 @@ def _quantize(path: Path, predictor: Predictor, calib: str | Path | None, count:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from .data.io import IMAGE_SUFFIXES, read_image
+    from .data.io import read_image
 
-    if calib is None:
-        raise ValueError("INT8 export needs calibration images: --calib FOLDER (the training images suit)")
-    folder = Path(calib)
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
-    if not files:
-        raise ValueError(f"{folder}: no images to calibrate INT8 ranges with (a folder of .jpg / .png files)")
+    files = _calibration_files(calib, count)
 
     class Images(CalibrationDataReader):
         def __init__(self):
-            self.files = iter(files[:count])
+            self.files = iter(files)
 
         def get_next(self):
             file = next(self.files, None)
@@ -325,3 +323,84 @@ def _first_and_last_convs(path: str) -> list[str]:
 
     convs = [node for node in graph.node if node.op_type == "Conv"]
     return [convs[0].name, *(node.name for node in convs[1:] if last(node))] if convs else []
+
+
+def export_openvino(
+    checkpoint: str | Path | Predictor,
+    path: str | Path,
+    precision: str = "fp32",
+    dynamic_batch: bool = False,
+    score_thresh: float | None = None,
+    nms_iou: float | None = None,
+    max_det: int | None = None,
+    calib: str | Path | None = None,
+    calib_images: int = 64,
+    image_size: Sequence[int] | None = None,
+) -> Path:
+    """Write the detector of ``checkpoint`` as an OpenVINO IR (``path``, an ``.xml`` file, and its
+    ``.bin`` beside it; both atomically); returns ``path``.
+
+    The IR is the ONNX detection graph (:func:`export_onnx` with ``nms=True``: onnxruntime's and
+    OpenVINO's outputs alike) converted by ``openvino.convert_model``, with the ONNX file's metadata
+    and ``precision`` in its ``rt_info``. ``precision``: ``fp32``; ``bf16`` (run in bf16 on CPUs
+    with bf16 instructions; the IR's weights stay fp32); ``int8``: post-training quantization by
+    NNCF, calibrated on ``calib_images`` images of the folder ``calib``.
+    """
+    import openvino
+
+    from .inference.openvino import check_precision
+
+    check_precision(precision)
+    path = Path(path)
+    if path.suffix.lower() != ".xml":
+        raise ValueError(f"{path}: an OpenVINO IR is an .xml file (with its .bin beside it); give --out NAME.xml")
+    files = _calibration_files(calib, calib_images) if precision == "int8" else []
+    predictor = exported_predictor(checkpoint, image_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    graph = path.with_name(f".{path.stem}.openvino.onnx.tmp")
+    xml, weights = path.with_name(f".{path.stem}.tmp.xml"), path.with_name(f".{path.stem}.tmp.bin")
+    try:
+        export_onnx(predictor, graph, nms=True, dynamic_batch=dynamic_batch, score_thresh=score_thresh,
+                    nms_iou=nms_iou, max_det=max_det)  # fmt: skip
+        metadata = _metadata(graph)
+        model = openvino.convert_model(str(graph))
+        if precision == "int8":
+            model = _quantize_openvino(model, predictor, files)
+        model.set_rt_info(json.dumps({**metadata, "precision": precision, "int8": precision == "int8"}),
+                          [METADATA_KEY])  # fmt: skip
+        openvino.save_model(model, str(xml), compress_to_fp16=False)
+        weights.replace(path.with_suffix(".bin"))
+        xml.replace(path)
+    finally:
+        for leftover in (graph, xml, weights):
+            leftover.unlink(missing_ok=True)
+    return path
+
+
+def _metadata(path: Path) -> dict:
+    import onnx
+
+    entries = {entry.key: entry.value for entry in onnx.load(str(path)).metadata_props}
+    return json.loads(entries[METADATA_KEY])
+
+
+def _calibration_files(calib: str | Path | None, count: int) -> list[Path]:
+    from .data.io import IMAGE_SUFFIXES
+
+    if calib is None:
+        raise ValueError("INT8 export needs calibration images: --calib FOLDER (the training images suit)")
+    folder = Path(calib)
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+    if not files:
+        raise ValueError(f"{folder}: no images to calibrate INT8 ranges with (a folder of .jpg / .png files)")
+    return files[:count]
+
+
+def _quantize_openvino(model, predictor: Predictor, files: list[Path]):
+    """``model`` quantized to INT8 by NNCF's post-training quantization, calibrated on ``files``."""
+    import nncf
+
+    from .data.io import read_image
+
+    dataset = nncf.Dataset(files, lambda file: predictor.prepare(read_image(file)).numpy())
+    return nncf.quantize(model, dataset, subset_size=len(files))

@@ -203,3 +203,11 @@ def test_int8_export_quantizes_the_inner_convolutions_and_keeps_the_outputs(digi
         export_onnx(digits_run / "best.pt", tmp_path / "x.onnx", int8=True)
     with pytest.raises(ValueError, match="no images to calibrate"):
         export_onnx(digits_run / "best.pt", tmp_path / "x.onnx", int8=True, calib=tmp_path / "empty")
+
+
+def test_export_leaves_the_predictor_s_network_in_evaluation_mode(digits_run, tmp_path):
+    """torch.onnx.export restores the mode of the module it traced: the detection graph's wrapper,
+    new and so in training mode, once put the predictor's network (BatchNorm and all) in training."""
+    predictor = load(digits_run / "best.pt", device="cpu")
+    export_onnx(predictor, tmp_path / "nms.onnx", nms=True)
+    assert not any(module.training for module in predictor.model.modules())

@@ -1,7 +1,7 @@
 """The inference wing: a trained detector loaded from a checkpoint or an exported ONNX file, its
 prediction (whole images or tiles) and its HTTP server. It never imports the training engine.
 
-    detector = multibox.inference.load("runs/demo/best.pt")   # or "demo.onnx"
+    detector = multibox.inference.load("runs/demo/best.pt")   # or "demo.onnx", or "demo.xml" (OpenVINO)
     found = detector.predict("scene.jpg")
 """
 
@@ -11,16 +11,21 @@ from pathlib import Path
 
 from ..checkpoint import restore
 from .onnx import OnnxPredictor
+from .openvino import OpenVinoPredictor
 from .predictor import Predictor
 
-__all__ = ["OnnxPredictor", "Predictor", "load"]
+__all__ = ["OnnxPredictor", "OpenVinoPredictor", "Predictor", "load"]
 
 
 def load(path: str | Path, device: str | None = None) -> Predictor:
     """A :class:`Predictor` from a training checkpoint (``best.pt`` or ``last.pt``; never runs code
-    from it), or from an ONNX file of ``multibox export`` (an :class:`OnnxPredictor`, on
-    onnxruntime's CPU provider)."""
-    if Path(path).suffix.lower() == ".onnx":
+    from it), from an ONNX file of ``multibox export`` (an :class:`OnnxPredictor`, on
+    onnxruntime's CPU provider), or from an OpenVINO IR of ``multibox export --format openvino``
+    (``.xml``: an :class:`OpenVinoPredictor`, at the precision it was exported for)."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".onnx":
         return OnnxPredictor(path)
+    if suffix == ".xml":
+        return OpenVinoPredictor(path)
     model, config, names = restore(path)
     return Predictor(model, config, names, device)

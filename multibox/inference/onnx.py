@@ -16,12 +16,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..config import config_from_dict
+from ..config import Config, config_from_dict
 from ..kinds import build_model
 from ..structures import DenseOutput, Detections
 from .predictor import Predictor
 
-__all__ = ["METADATA_KEY", "OnnxNetwork", "OnnxPredictor"]
+__all__ = ["METADATA_KEY", "OnnxNetwork", "OnnxPredictor", "exported_parts"]
 
 METADATA_KEY = "multibox"
 
@@ -44,8 +44,12 @@ class OnnxNetwork(nn.Module):
         batch = np.ascontiguousarray(images.detach().cpu().numpy())
         # a graph exported for batch 1 takes a batch one image at a time
         parts = [batch] if self.metadata["dynamic_batch"] else np.split(batch, len(batch))
-        runs = [self.session.run(None, {"images": part}) for part in parts]
+        runs = [self.run(part) for part in parts]
         return tuple(torch.from_numpy(np.concatenate(outputs)) for outputs in zip(*runs, strict=True))
+
+    def run(self, images: np.ndarray) -> list[np.ndarray]:
+        """The graph's outputs, in order, for one batch of normalised images."""
+        return self.session.run(None, {"images": images})
 
     def detect(self, output, image_size: Sequence[int], score_thresh: float = 0.05, topk: int = 1000,
                nms_iou: float = 0.5, max_det: int = 100) -> list[Detections]:  # fmt: skip
@@ -63,6 +67,20 @@ class OnnxNetwork(nn.Module):
             keep[max_det:] = False
             found.append(Detections(boxes[keep].float(), scores[keep].float(), labels[keep].long()))
         return found
+
+
+def exported_parts(metadata: dict, path: Path) -> tuple[Config, list[str], nn.Module]:
+    """From an exported file's metadata: the run's configuration with the graph's input contract
+    and settings, the class names, and the detector's skeleton (built without weights)."""
+    config = config_from_dict(metadata["config"], f"{path} (its configuration)")
+    config.input.size = tuple(metadata["image_size"])
+    config.input.resize = metadata["resize"]
+    config.input.mean, config.input.std = tuple(metadata["mean"]), tuple(metadata["std"])
+    config.train.channels_last = False
+    for key, value in metadata["settings"].items():
+        setattr(config.detect, key, value)
+    names = metadata["class_names"]
+    return config, names, build_model(config.model, len(names), "none", config.input.size)
 
 
 class OnnxPredictor(Predictor):
@@ -83,14 +101,6 @@ class OnnxPredictor(Predictor):
         if METADATA_KEY not in meta:
             raise ValueError(f"{path}: not a multibox ONNX file (no '{METADATA_KEY}' metadata); use multibox export")
         metadata = json.loads(meta[METADATA_KEY])
-        config = config_from_dict(metadata["config"], f"{path} (its configuration)")
-        config.input.size = tuple(metadata["image_size"])
-        config.input.resize = metadata["resize"]
-        config.input.mean, config.input.std = tuple(metadata["mean"]), tuple(metadata["std"])
-        config.train.channels_last = False
-        for key, value in metadata["settings"].items():
-            setattr(config.detect, key, value)
-        names = metadata["class_names"]
-        skeleton = build_model(config.model, len(names), "none", config.input.size)
+        config, names, skeleton = exported_parts(metadata, path)
         super().__init__(OnnxNetwork(session, metadata, skeleton, path), config, names, device="cpu")
         self.metadata, self.path = metadata, path
