@@ -63,3 +63,11 @@ def _as_detections(detections):
     if isinstance(detections, dict):  # torchvision's detection models return dicts
         return Detections(detections["boxes"], detections["scores"], detections["labels"])
     return detections
+
+
+def pytest_collection_modifyitems(config, items):
+    """OpenVINO's tests last: once its CPU plugin (TBB threads) and NNCF are loaded in the process,
+    a later test's uvicorn server crashed (SIGSEGV) in full runs of the suite on the Intel Xeon,
+    not in any smaller combination tried (issue 27's notes); in their own place at the end, the
+    rest of the suite runs as it did before OpenVINO existed."""
+    items.sort(key=lambda item: item.nodeid.startswith("tests/test_openvino.py"))
