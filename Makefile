@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(PY) bench/throughput.py --data $(DEMO_DATA)
 	$(PY) bench/plain_design.py --data $(DEMO_DATA)
 	$(PY) bench/two_stage.py --data $(DEMO_DATA)
+	$(PY) bench/bf16.py --data $(DEMO_DATA)
 	$(PY) bench/time_to_accuracy.py --minutes 6 --evals 6 --data $(DEMO_DATA)
 	@test -f $(DEMO_RUN)/best.pt || echo "bench/onnx_latency.py needs a trained $(DEMO_RUN)/best.pt: run make demo first"
 	@test ! -f $(DEMO_RUN)/best.pt || $(PY) bench/onnx_latency.py --weights $(DEMO_RUN)/best.pt --data $(DEMO_DATA)
