@@ -143,5 +143,16 @@ def compare(
     return statistics.median(times["ours"]), statistics.median(times["theirs"])
 
 
+def training_step(run) -> Callable[[], None]:
+    """One optimisation step of a :class:`multibox.engine.Trainer` a call, on its epoch-0 batches."""
+    batches = iter(run.loader(0))
+
+    def step() -> None:
+        images, targets = next(batches)
+        run.step(run.losses(images, targets))
+
+    return step
+
+
 def report(label: str, ours: float, theirs: float, peer: str) -> None:
     print(f"{label:<34} multibox {ours * 1e3:8.1f} ms   {peer} {theirs * 1e3:8.1f} ms   speed-up {theirs / ours:5.2f}x")

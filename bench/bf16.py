@@ -16,21 +16,11 @@ import argparse
 from pathlib import Path
 
 import torch
-from _timing import compare, machine, report
+from _timing import compare, machine, report, training_step
 
 from multibox.config import load_config
 from multibox.data.synthetic import synthesize_digits
 from multibox.engine import Trainer
-
-
-def stepper(run: Trainer):
-    batches = iter(run.loader(0))
-
-    def step() -> None:
-        images, targets = next(batches)
-        run.step(run.losses(images, targets))
-
-    return step
 
 
 def main() -> None:
@@ -46,7 +36,7 @@ def main() -> None:
     device = torch.device("cpu")
     runs = {amp: Trainer(load_config(args.preset, [f"data.path={args.data}", f"train.amp={amp}"]))
             for amp in ("none", "bf16")}  # fmt: skip
-    bf16, fp32 = compare(stepper(runs["bf16"]), stepper(runs["none"]), args.repeats, device)
+    bf16, fp32 = compare(training_step(runs["bf16"]), training_step(runs["none"]), args.repeats, device)
     report(f"{args.preset} training step: bf16 autocast vs fp32", bf16, fp32, "fp32")
     model = runs["none"].model.eval()
     size = (args.size, args.size)

@@ -18,35 +18,24 @@ import argparse
 from pathlib import Path
 
 import torch
-from _timing import compare, machine, report
+from _timing import compare, machine, report, training_step
 from torchvision.ops import roi_align
 
 import multibox.models.faster_rcnn as faster_rcnn
 from multibox.config import load_config
 from multibox.data.synthetic import synthesize_digits
 from multibox.engine import Trainer
-from multibox.models.roi_align import multilevel_roi_align, roi_levels
+from multibox.models.roi_align import assign_levels, multilevel_roi_align
 
 
 def torchvision_roi_align(features, rois, strides, size=7, sampling_ratio=2, canonical_scale=224.0, canonical_level=4):
     """``multilevel_roi_align``'s job done by torchvision's ``roi_align``, level by level."""
-    k_min, k_max = (int(torch.tensor(s).log2()) for s in (strides[0], strides[-1]))
-    levels = roi_levels(rois[:, 1:], k_min, k_max, canonical_scale, canonical_level)
+    levels = assign_levels(rois, strides, canonical_scale, canonical_level)
     out = features[0].new_zeros((len(rois), features[0].shape[1], size, size))
     for level, (feature, stride) in enumerate(zip(features, strides, strict=True)):
         index = torch.where(levels == level)[0]
         out[index] = roi_align(feature, rois[index], size, 1.0 / stride, sampling_ratio)
     return out
-
-
-def stepper(run: Trainer):
-    batches = iter(run.loader(0))
-
-    def step() -> None:
-        images, targets = next(batches)
-        run.step(run.losses(images, targets))
-
-    return step
 
 
 def detector(run: Trainer, image: torch.Tensor):
@@ -70,11 +59,11 @@ def main() -> None:
     device = torch.device("cpu")
     overrides = [f"data.path={args.data}", "train.workers=0"]
     two, one = (Trainer(load_config(preset, overrides)) for preset in ("faster_rcnn", "cpu_digits"))
-    ours, theirs = compare(stepper(two), stepper(one), args.repeats, device)
+    ours, theirs = compare(training_step(two), training_step(one), args.repeats, device)
     report("training step, batch of 8 at 256x256: faster_rcnn vs cpu_digits", ours, theirs, "cpu_digits")
 
     def with_roi_align(function):
-        step = stepper(two)
+        step = training_step(two)
 
         def run() -> None:
             faster_rcnn.multilevel_roi_align = function

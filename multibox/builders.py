@@ -7,7 +7,7 @@ from collections.abc import Callable
 from torch import nn
 
 from .anchors import grid_ratios
-from .config import Config, LossConfig, ModelConfig
+from .config import Config, FasterRCNNConfig, LossConfig, ModelConfig
 from .criterion import RetinaNetCriterion, SingleObjectCriterion, SSDCriterion, YOLOCriterion
 from .criterion_faster_rcnn import FasterRCNNCriterion
 from .criterion_yolov1 import YOLOv1Criterion
@@ -28,6 +28,7 @@ from .models import (
 __all__ = [
     "ONE_GRID",
     "faster_rcnn",
+    "faster_rcnn_anchors",
     "faster_rcnn_criterion",
     "grid",
     "mobilenet_ssd",
@@ -176,9 +177,14 @@ def yolov1_criterion(config: Config, model: nn.Module) -> Callable:
     )  # fmt: skip
 
 
+def faster_rcnn_anchors(f: FasterRCNNConfig) -> AnchorConfig:
+    """The RPN's anchors of a ``model.faster_rcnn`` section."""
+    return AnchorConfig(f.anchor_strides, f.anchor_sizes, f.anchor_scales, f.anchor_ratios)
+
+
 def faster_rcnn(model: ModelConfig, classes: int, size: Size, pretrained: str) -> nn.Module:
     f = model.faster_rcnn
-    anchors = AnchorConfig(f.anchor_strides, f.anchor_sizes, f.anchor_scales, f.anchor_ratios)
+    anchors = faster_rcnn_anchors(f)
     proposals = ProposalConfig(f.rpn_pre_nms, f.rpn_post_nms, f.rpn_nms_iou)
     rois = RoIConfig(f.roi_batch, f.roi_positive_fraction, f.roi_pos_iou, f.roi_size, f.sampling_ratio,
                      f.canonical_scale, f.canonical_level)  # fmt: skip

@@ -16,6 +16,7 @@ from .boxes import box_area
 from .coding import Coder, DeltaCoder, YOLOCoder
 from .losses import (
     SMOOTH_L1_BETA,
+    check_targets,
     hard_negative_mining,
     iou_loss,
     positive_normalizer,
@@ -121,8 +122,7 @@ class RetinaNetCriterion:
             ``{"cls": scalar, "box": scalar, "total": cls + box_weight * box}``.
         """
         cls_logits, box_deltas = outputs
-        if len(targets) != cls_logits.shape[0]:
-            raise ValueError(f"got {len(targets)} targets for a batch of {cls_logits.shape[0]} images")
+        check_targets(targets, cls_logits.shape[0])
         boxes, _ = pad_batch([t["boxes"] for t in targets])
         classes, _ = pad_batch([t["labels"] for t in targets])
         matched = self.match(anchors, targets)  # [B, A]
@@ -189,8 +189,7 @@ class SingleObjectCriterion:
     def __call__(self, outputs, targets: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
         cls_logits, boxes = outputs
         reference = cls_logits if cls_logits is not None else boxes
-        if len(targets) != reference.shape[0]:
-            raise ValueError(f"got {len(targets)} targets for a batch of {reference.shape[0]} images")
+        check_targets(targets, reference.shape[0])
         zero = reference.new_zeros(())
         if self.task == "multilabel":
             present = torch.zeros_like(cls_logits)
@@ -298,8 +297,7 @@ class SSDCriterion:
     ) -> dict[str, Tensor]:
         """Losses of a batch: ``{"cls", "box", "total"}`` (see the class)."""
         cls_logits, box_deltas = outputs
-        if len(targets) != cls_logits.shape[0]:
-            raise ValueError(f"got {len(targets)} targets for a batch of {cls_logits.shape[0]} images")
+        check_targets(targets, cls_logits.shape[0])
         matched, columns, boxes, iou = self._match(anchors, targets)
         positive = matched >= 0
         norm = positive_normalizer(positive.sum(), across_processes=True).to(cls_logits)
@@ -396,8 +394,7 @@ class YOLOCriterion:
     ) -> dict[str, Tensor]:
         """Losses of a batch: ``{"box", "obj", "cls", "total"}`` (see the class)."""
         cls_logits, box_deltas = outputs
-        if len(targets) != cls_logits.shape[0]:
-            raise ValueError(f"got {len(targets)} targets for a batch of {cls_logits.shape[0]} images")
+        check_targets(targets, cls_logits.shape[0])
         if sum(self.level_sizes) != anchors.shape[0]:
             raise ValueError(f"level_sizes {list(self.level_sizes)} do not add up to the {anchors.shape[0]} anchors")
         matched = self.match(anchors, targets)

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from .boxes import box_iou
+from .losses import check_targets
 from .models.yolov1 import YOLOv1Coder
 from .structures import DenseOutput
 
@@ -66,8 +67,7 @@ class YOLOv1Criterion:
         self, outputs: DenseOutput | tuple[Tensor, Tensor], anchors: Tensor, targets: Sequence[dict[str, Tensor]]
     ) -> dict[str, Tensor]:
         cls_logits, box_deltas = outputs
-        if len(targets) != cls_logits.shape[0]:
-            raise ValueError(f"got {len(targets)} targets for a batch of {cls_logits.shape[0]} images")
+        check_targets(targets, cls_logits.shape[0])
         confidence = torch.sigmoid(cls_logits[..., 0])
         classes = torch.sigmoid(cls_logits[..., 1:])
         box_sum = obj_sum = cls_sum = cls_logits.new_zeros(())

@@ -151,13 +151,21 @@ def _usual_anchors(r) -> AnchorConfig:
     return AnchorConfig(tuple(r.anchor_strides), sizes, tuple(r.anchor_scales), ratios)
 
 
+def _pyramid_doctor(
+    config: Config, data: DetectionSet, size: Size, section: str, current: AnchorConfig, pos: float, neg: float
+) -> Diagnosis:
+    """Anchors of one size a pyramid level (RetinaNet's; Faster R-CNN's RPN): ``current`` and
+    sizes and ratios fitted to the data, both measured at the matcher's ``pos`` and ``neg``."""
+    fitted = suggest_anchors(data, current, size, config.input.resize, pos)
+    overrides = _listed(f"model.{section}.anchor_sizes", fitted.sizes) + " "
+    overrides += _listed(f"model.{section}.anchor_ratios", fitted.ratios)
+    coverage = [anchor_coverage(data, a, size, config.input.resize, pos, neg) for a in (current, fitted)]
+    return coverage[0], coverage[1], overrides
+
+
 def _retinanet_doctor(config: Config, data: DetectionSet, size: Size) -> Diagnosis:
     current = _usual_anchors(config.model.retinanet)
-    fitted = suggest_anchors(data, current, size, config.input.resize, config.loss.pos_iou)
-    overrides = _listed("model.retinanet.anchor_sizes", fitted.sizes) + " "
-    overrides += _listed("model.retinanet.anchor_ratios", fitted.ratios)
-    neg = config.loss.neg_iou
-    return _measure(config, data, size, current, neg), _measure(config, data, size, fitted, neg), overrides
+    return _pyramid_doctor(config, data, size, "retinanet", current, config.loss.pos_iou, config.loss.neg_iou)
 
 
 def _yolo_doctor(config: Config, data: DetectionSet, size: Size) -> Diagnosis:
@@ -174,13 +182,8 @@ def _yolo_doctor(config: Config, data: DetectionSet, size: Size) -> Diagnosis:
 def _faster_rcnn_doctor(config: Config, data: DetectionSet, size: Size) -> Diagnosis:
     """The RPN's anchors, measured at its thresholds (``rpn_pos_iou``, ``rpn_neg_iou``)."""
     f = config.model.faster_rcnn
-    current = AnchorConfig(f.anchor_strides, f.anchor_sizes, f.anchor_scales, f.anchor_ratios)
-    fitted = suggest_anchors(data, current, size, config.input.resize, f.rpn_pos_iou)
-    overrides = _listed("model.faster_rcnn.anchor_sizes", fitted.sizes) + " "
-    overrides += _listed("model.faster_rcnn.anchor_ratios", fitted.ratios)
-    resize = config.input.resize
-    cover = [anchor_coverage(data, a, size, resize, f.rpn_pos_iou, f.rpn_neg_iou) for a in (current, fitted)]
-    return cover[0], cover[1], overrides
+    current = builders.faster_rcnn_anchors(f)
+    return _pyramid_doctor(config, data, size, "faster_rcnn", current, f.rpn_pos_iou, f.rpn_neg_iou)
 
 
 def _with_grid(model: ModelConfig, zooms, ratios) -> ModelConfig:

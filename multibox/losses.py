@@ -15,6 +15,7 @@ from .boxes import check_boxes, iou_family
 from .matching import IGNORE, NEGATIVE
 
 __all__ = [
+    "check_targets",
     "hard_negative_mining",
     "iou_loss",
     "l1_loss",
@@ -31,6 +32,12 @@ _REDUCTIONS = ("none", "sum", "mean")
 # Smooth L1's switch point. 1/9 is the value of Fast R-CNN's successors and torchvision's
 # detection models (SSD, R-CNN box heads); beta -> 0 gives L1.
 SMOOTH_L1_BETA = 1.0 / 9
+
+
+def check_targets(targets, batch: int) -> None:
+    """A criterion's guard: one target a batch image, or a ValueError naming both counts."""
+    if len(targets) != batch:
+        raise ValueError(f"got {len(targets)} targets for a batch of {batch} images")
 
 
 def _reduce(loss: Tensor, reduction: str, count: Tensor | int | None = None) -> Tensor:

@@ -39,7 +39,7 @@ from ..structures import Detections, TwoStageOutput
 from .backbones import build_backbone
 from .necks import FeatureExtractor
 from .retinanet import AnchorConfig
-from .roi_align import multilevel_roi_align, roi_levels
+from .roi_align import assign_levels, multilevel_roi_align
 
 __all__ = ["FasterRCNN", "ProposalConfig", "RoIConfig", "build_faster_rcnn", "match_rois"]
 
@@ -150,8 +150,7 @@ def sample_rois(proposals: Sequence[Tensor], targets: Sequence[dict], config: Ro
 def _traced_roi_align(features: Sequence[Tensor], rois: Tensor, strides: Sequence[int], c: RoIConfig) -> Tensor:
     """:func:`~multibox.models.roi_align.multilevel_roi_align` in operations ONNX has: every
     region pooled from every level by ``roi_align`` (ONNX ``RoiAlign``), each kept from its own."""
-    k_min, k_max = (int(math.log2(s)) for s in (strides[0], strides[-1]))
-    levels = roi_levels(rois[:, 1:], k_min, k_max, c.canonical_scale, c.canonical_level)[:, None, None, None]
+    levels = assign_levels(rois, strides, c.canonical_scale, c.canonical_level)[:, None, None, None]
     pooled = None
     for level, (feature, stride) in enumerate(zip(features, strides, strict=True)):
         here = roi_align(feature, rois, c.size, 1.0 / stride, c.sampling_ratio)

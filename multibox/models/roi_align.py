@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["multilevel_roi_align", "roi_levels"]
+__all__ = ["assign_levels", "multilevel_roi_align", "roi_levels"]
 
 
 def roi_levels(
@@ -30,6 +30,15 @@ def roi_levels(
     side = torch.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
     level = torch.floor(canonical_level + torch.log2(side / canonical_scale) + torch.tensor(1e-6, dtype=side.dtype))
     return (level.clamp(min=k_min, max=k_max).to(torch.int64) - k_min).to(torch.int64)
+
+
+def assign_levels(
+    rois: Tensor, strides: Sequence[int], canonical_scale: float = 224.0, canonical_level: int = 4
+) -> Tensor:
+    """The index into ``strides`` (powers of two, consecutive) of the level each region of ``rois
+    [R, 5]`` is pooled from: :func:`roi_levels` between the first and last stride's levels."""
+    k_min, k_max = (int(math.log2(s)) for s in (strides[0], strides[-1]))
+    return roi_levels(rois[:, 1:], k_min, k_max, canonical_scale, canonical_level)
 
 
 def _axis(start: Tensor, length: Tensor, bins: int, ratio: int, extent: Tensor) -> tuple[Tensor, Tensor]:
@@ -80,8 +89,7 @@ def multilevel_roi_align(
     pooled by RoIAlign (``aligned=False``, ``sampling_ratio`` points a bin a side) from the level
     :func:`roi_levels` gives it; ``features[l]`` is ``[B, C, H, W]`` at ``strides[l]``. The values
     of torchvision's ``MultiScaleRoIAlign`` up to float rounding (the sums run in another order)."""
-    k_min, k_max = (int(math.log2(s)) for s in (strides[0], strides[-1]))
-    levels = roi_levels(rois[:, 1:], k_min, k_max, canonical_scale, canonical_level)
+    levels = assign_levels(rois, strides, canonical_scale, canonical_level)
     batch, channels = features[0].shape[:2]
     table = torch.cat([f.permute(0, 2, 3, 1).reshape(-1, channels) for f in features])  # channels-last rows
     shapes = torch.tensor([f.shape[-2:] for f in features], device=rois.device)  # [L, 2]
