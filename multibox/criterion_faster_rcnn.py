@@ -11,7 +11,7 @@ from torch import Tensor
 
 from .boxes import box_iou
 from .config_model import FasterRCNNConfig
-from .losses import SMOOTH_L1_BETA, smooth_l1_loss
+from .losses import SMOOTH_L1_BETA, check_targets, smooth_l1_loss
 from .matching import NEGATIVE, match, sample_balanced
 from .models.faster_rcnn import ROI_CODER, RPN_CODER, match_rois
 from .structures import TwoStageOutput
@@ -44,6 +44,7 @@ class FasterRCNNCriterion:
     box_weight: float = 1.0
 
     def __call__(self, output: TwoStageOutput, anchors: Tensor, targets: Sequence[dict]) -> dict[str, Tensor]:
+        check_targets(targets, output.objectness.shape[0])
         obj, rpn_box = self.rpn_losses(output, anchors, targets)
         cls, box = self.roi_losses(output, targets)
         losses = {"obj": obj, "rpn_box": rpn_box, "cls": cls, "box": box}

@@ -245,6 +245,8 @@ def test_images_without_boxes_train_and_detect():
         losses["total"].backward()
         if targets[1]["labels"].numel() == 0:
             assert losses["rpn_box"].item() == 0 and losses["box"].item() == 0  # no positives anywhere
+    with pytest.raises(ValueError, match="got 1 targets for a batch of 2 images"):
+        criterion(model(images, [empty, empty]), model.anchors((64, 64)), [empty])
     model.eval()
     with torch.no_grad():
         found = model.detect(model(images), (64, 64), score_thresh=0.0)
