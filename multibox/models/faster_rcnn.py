@@ -142,9 +142,13 @@ def sample_rois(proposals: Sequence[Tensor], targets: Sequence[dict], config: Ro
         boxes = torch.cat([boxes, target["boxes"].to(boxes)])
         positive, negative = sample_balanced(match_rois(boxes, target["boxes"], config.pos_iou), config.batch,
                                              config.positive_fraction)  # fmt: skip
-        chosen = boxes[torch.cat([positive, negative])]
-        rois.append(torch.cat([chosen.new_full((len(chosen), 1), image), chosen], 1))
+        rois.append(_regions_of(image, boxes[torch.cat([positive, negative])]))
     return torch.cat(rois)
+
+
+def _regions_of(image: int, boxes: Tensor) -> Tensor:
+    """``boxes [N, 4]`` of image ``image`` as RoIAlign's regions ``[N, 5]`` (traced: any ``N``)."""
+    return torch.cat([torch.full_like(boxes[:, :1], image), boxes], 1)
 
 
 def _traced_roi_align(features: Sequence[Tensor], rois: Tensor, strides: Sequence[int], c: RoIConfig) -> Tensor:
@@ -220,7 +224,7 @@ class FasterRCNN(nn.Module):
         if training:
             rois = sample_rois(proposals, targets, self.roi_heads.config)
         else:
-            rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], 1) for i, b in enumerate(proposals)])
+            rois = torch.cat([_regions_of(image, boxes) for image, boxes in enumerate(proposals)])
         cls_logits, box_deltas = self.roi_heads(features, rois)
         return TwoStageOutput(objectness, rpn_deltas, rois, cls_logits, box_deltas)
 
