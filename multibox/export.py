@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -91,35 +92,72 @@ class DetectionGraph(nn.Module):
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         cls_logits, box_deltas = self.model(images)
-        scores = class_scores(self.model.scored_logits(cls_logits.float()), self.model.activation)
-        batch, num_anchors, num_classes = scores.shape
-        # per level, the top-k (anchor, class) entries stay candidates; the rest score 0
-        masks, start = [], 0
-        for size in self.level_sizes:
-            level = scores[:, start : start + size].reshape(batch, size * num_classes)
-            top = level.topk(min(self.topk, size * num_classes), dim=1).indices
-            masks.append(torch.zeros_like(level).scatter(1, top, 1.0).view(batch, size, num_classes))
-            start += size
-        scores = scores * torch.cat(masks, dim=1)
-        boxes = self.model.coder.decode(self.anchors, box_deltas.float())
+        scores, labels, anchor, num_classes = self._candidates(self.model.scored_logits(cls_logits.float()))
+        batch, count = scores.shape
+        # only the candidates are decoded (a few thousand boxes, not every anchor's); rows of the
+        # flattened deltas, as a gather along anchors of a sliced head output (YOLOv3's) does not
+        # convert to OpenVINO
+        rows = anchor + torch.arange(batch, device=anchor.device)[:, None] * box_deltas.shape[1]
+        deltas = box_deltas.float().reshape(-1, 4)[rows.reshape(-1)].reshape(batch, count, 4)
+        boxes = self.model.coder.decode(self.anchors, deltas, anchor_index=anchor)
         height, width = self.size
         boxes = torch.stack(
             (boxes[..., 0].clamp(0, width), boxes[..., 1].clamp(0, height),
              boxes[..., 2].clamp(0, width), boxes[..., 3].clamp(0, height)), dim=-1,
         )  # fmt: skip
+        # class-wise NMS: a candidate scores in its own class's row only (0 elsewhere, below any threshold)
+        classes = torch.arange(num_classes, device=labels.device)[None, :, None]
+        by_class = torch.where(labels[:, None, :] == classes, scores[:, None, :], torch.zeros_like(scores[:, None, :]))
         max_per_class = torch.tensor([self.max_det], dtype=torch.long)
         nms_iou, score_thresh = self.settings[:1], self.settings[1:]
-        selected = _NonMaxSuppression.apply(
-            boxes, scores.transpose(1, 2).contiguous(), max_per_class, nms_iou, score_thresh
-        )
-        image, cls, anchor = selected[:, 0], selected[:, 1], selected[:, 2]
-        # the survivors' scores in a dense [B, K * A] grid, then the best max_det of each image
-        kept = torch.zeros((batch, num_classes * num_anchors), dtype=scores.dtype, device=scores.device)
-        kept = kept.index_put((image, cls * num_anchors + anchor), scores[image, anchor, cls])
-        top_scores, top = kept.topk(min(self.max_det, num_classes * num_anchors), dim=1)
-        labels, anchor = top // num_anchors, top % num_anchors
-        top_boxes = boxes.gather(1, anchor[..., None].expand(-1, -1, 4))
-        return top_boxes, top_scores, labels
+        selected = _NonMaxSuppression.apply(boxes, by_class, max_per_class, nms_iou, score_thresh)
+        image, candidate = selected[:, 0], selected[:, 2]
+        # the survivors' scores in a dense [B, candidates] grid, then the best max_det of each image
+        kept = torch.zeros_like(scores).index_put((image, candidate), scores[image, candidate])
+        top_scores, top = kept.topk(min(self.max_det, count), dim=1)
+        top_boxes = boxes.gather(1, top[..., None].expand(-1, -1, 4))
+        return top_boxes, top_scores, labels.gather(1, top)
+
+    def _candidates(self, logits: Tensor) -> tuple[Tensor, Tensor, Tensor, int]:
+        """The top-k (anchor, class) entries of each level, as ``scores, labels, anchor [B, C]``, and
+        the number of classes
+        (:func:`~multibox.postprocess.postprocess`'s candidates before its score threshold, which
+        NMS applies here). A sigmoid head ranks its logits (the sigmoid is monotonic) and
+        activates the candidates only."""
+        sigmoid = self.model.activation == "sigmoid"
+        ranking = logits if sigmoid else class_scores(logits, self.model.activation)
+        num_classes = ranking.shape[2]
+        values, labels, anchors, start = [], [], [], 0
+        for size in self.level_sizes:
+            v, label, anchor = _level_topk(ranking[:, start : start + size], self.topk)
+            values.append(v)
+            labels.append(label)
+            anchors.append(anchor + start)
+            start += size
+        values = torch.cat(values, dim=1)
+        scores = values.sigmoid() if sigmoid else values
+        return scores, torch.cat(labels, dim=1), torch.cat(anchors, dim=1), num_classes
+
+
+def _level_topk(level: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``k`` largest (anchor, class) entries of a level's ``[B, A, K]`` scores, unsorted:
+    ``values, labels, anchors [B, k]`` (all entries where there are fewer).
+
+    An entry among the ``k`` largest has an anchor among the ``k`` whose best class scores
+    highest (fewer than ``k`` anchors can beat it), so the ``k`` best anchors are found first
+    (a ``topk`` over ``A``, not ``A * K``) and the entries ranked among their ``k * K`` scores:
+    the same entries, ties apart, at a fraction of the cost.
+    """
+    batch, num_anchors, num_classes = level.shape
+    if num_anchors > k and num_classes > 1:
+        anchors = level.amax(dim=2).topk(k, dim=1, sorted=False).indices
+        level = level.gather(1, anchors[..., None].expand(-1, -1, num_classes))
+    else:
+        anchors = torch.arange(num_anchors, device=level.device).expand(batch, -1)
+    flat = level.reshape(batch, -1)
+    values, index = flat.topk(min(k, flat.shape[1]), dim=1, sorted=False)
+    slot = torch.div(index, num_classes, rounding_mode="floor")
+    return values, index % num_classes, anchors.gather(1, slot)
 
 
 class TwoStageGraph(nn.Module):
@@ -214,7 +252,9 @@ def exported_predictor(checkpoint: str | Path | Predictor, image_size: Sequence[
         config.input.size = (int(image_size[0]), int(image_size[1]))
     config.input.resize = predictor.preprocess.fixed().resize
     config.train.channels_last = False
-    model = predictor.model.to("cpu", memory_format=torch.contiguous_format).float().eval()
+    # a copy: the caller's predictor keeps its device, dtype and memory format (channels-last
+    # weights made contiguous in place ran its network, and anything sharing its modules, 2x slower)
+    model = copy.deepcopy(predictor.model).to("cpu", memory_format=torch.contiguous_format).float().eval()
     return Predictor(model, config, predictor.class_names, device="cpu")
 
 
@@ -397,10 +437,18 @@ def _calibration_files(calib: str | Path | None, count: int) -> list[Path]:
 
 
 def _quantize_openvino(model, predictor: Predictor, files: list[Path]):
-    """``model`` quantized to INT8 by NNCF's post-training quantization, calibrated on ``files``."""
+    """``model`` quantized to INT8 by NNCF's post-training quantization, calibrated on ``files``.
+
+    Only the network is quantized: the post-processing's ONNX nodes (named ``/Op_N``, the
+    network's ``/model/...``) are ignored and stay float32; NNCF otherwise stored the anchors (a
+    ``Gather``'s data) in int8, moving boxes by half a pixel (COCO AP 0.9 points lower, measured
+    on the digit scenes).
+    """
     import nncf
 
     from .data.io import read_image
 
     dataset = nncf.Dataset(files, lambda file: predictor.prepare(read_image(file)).numpy())
-    return nncf.quantize(model, dataset, subset_size=len(files))
+    post_processing = nncf.IgnoredScope(patterns=["^/(?!model/).*"])
+    nncf.set_log_level(logging.WARNING)  # not a line for each ignored node
+    return nncf.quantize(model, dataset, subset_size=len(files), ignored_scope=post_processing)

@@ -205,9 +205,20 @@ def test_int8_export_quantizes_the_inner_convolutions_and_keeps_the_outputs(digi
         export_onnx(digits_run / "best.pt", tmp_path / "x.onnx", int8=True, calib=tmp_path / "empty")
 
 
-def test_export_leaves_the_predictor_s_network_in_evaluation_mode(digits_run, tmp_path):
+def test_export_leaves_the_predictor_s_network_as_it_was(digits_run, tmp_path):
     """torch.onnx.export restores the mode of the module it traced: the detection graph's wrapper,
-    new and so in training mode, once put the predictor's network (BatchNorm and all) in training."""
+    new and so in training mode, once put the predictor's network (BatchNorm and all) in training.
+    And the export's contiguous float32 copy is a copy: it once converted the predictor's
+    channels-last weights in place, which made its network (and a benchmark's peer sharing its
+    backbone) twice as slow afterwards."""
     predictor = load(digits_run / "best.pt", device="cpu")
+    assert predictor.config.train.channels_last
+
+    def layouts():
+        return [p.is_contiguous(memory_format=torch.channels_last) for p in predictor.model.parameters() if p.ndim == 4]
+
+    before = layouts()
+    assert any(before)  # the convolutions' weights are channels-last
     export_onnx(predictor, tmp_path / "nms.onnx", nms=True)
     assert not any(module.training for module in predictor.model.modules())
+    assert layouts() == before
