@@ -81,13 +81,10 @@ class _Branch(nn.Module):
         per_level = []
         for x in features:
             y = getattr(self, self.out_name)(self.conv(x))  # [B, A * K, H, W]
-            b, _, h, w = y.shape
-            # -> [B, H * W * A, K]: row, column, then anchor type, as the anchors are ordered
-            per_level.append(
-                y.view(b, -1, self.outputs_per_anchor, h, w)
-                .permute(0, 3, 4, 1, 2)
-                .reshape(b, -1, self.outputs_per_anchor)
-            )
+            # -> [B, H * W * A, K]: row, column, then anchor type, as the anchors are ordered (the
+            # channels are A blocks of K). One transpose to [B, H, W, A * K]: a view of channels-last
+            # outputs, and a layout OpenVINO keeps (a 5-d permute cost it a reorder and a transpose)
+            per_level.append(y.permute(0, 2, 3, 1).reshape(y.shape[0], -1, self.outputs_per_anchor))
         return torch.cat(per_level, dim=1)
 
 
