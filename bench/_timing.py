@@ -127,19 +127,28 @@ def _sync(device: torch.device) -> None:
 
 
 def compare(
-    ours: Callable[[], object], theirs: Callable[[], object], repeats: int, device: torch.device
+    ours: Callable[[], object], theirs: Callable[[], object], repeats: int, device: torch.device, block: int = 1
 ) -> tuple[float, float]:
-    """Median seconds of ``ours`` and ``theirs``, run alternately so that drift hits both alike."""
+    """Median seconds of ``ours`` and ``theirs``, run alternately so that drift hits both alike.
+
+    With ``block`` > 1 they alternate in blocks of ``block`` back-to-back calls, each block after
+    an untimed call: for runtimes with thread pools of their own (OpenVINO's, onnxruntime's), whose
+    threads fall asleep while the other runs and take milliseconds to wake; a block times them as a
+    busy server runs them.
+    """
     for fn in (ours, theirs):  # warm-up
         fn()
     times: dict[str, list[float]] = {"ours": [], "theirs": []}
-    for _ in range(repeats):
+    while len(times["ours"]) < repeats:
         for name, fn in (("ours", ours), ("theirs", theirs)):
-            _sync(device)
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            times[name].append(time.perf_counter() - start)
+            if block > 1:
+                fn()
+            for _ in range(min(block, repeats - len(times[name]))):
+                _sync(device)
+                start = time.perf_counter()
+                fn()
+                _sync(device)
+                times[name].append(time.perf_counter() - start)
     return statistics.median(times["ours"]), statistics.median(times["theirs"])
 
 
