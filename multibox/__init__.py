@@ -8,8 +8,10 @@ The detection math lives in small modules of pure tensor functions:
 __version__ = "0.1.0"
 
 
-def load(checkpoint, device=None):
-    """A Predictor from a training checkpoint: ``multibox.load("best.pt").predict("image.jpg")``."""
+def load(checkpoint, device=None, precision=None):
+    """A Predictor from a training checkpoint: ``multibox.load("best.pt").predict("image.jpg")``
+    (or an exported ``.onnx`` / OpenVINO ``.xml``; ``precision="bf16"`` for bf16 autocast; see
+    :func:`multibox.inference.load`)."""
     from .inference import load as _load
 
-    return _load(checkpoint, device)
+    return _load(checkpoint, device, precision)

@@ -33,6 +33,31 @@ def digits_run(digits, tmp_path_factory):
     return run
 
 
+@pytest.fixture(scope="session")
+def trained_run(digits, tmp_path_factory):
+    """cpu_digits trained 40 epochs on the 16 scenes at 64x64: detections it is sure of."""
+    from multibox.config import load_config
+    from multibox.engine import train
+
+    run = tmp_path_factory.mktemp("trained_run")
+    overrides = [f"data.path={digits}", f"output={run}", "data.val_split=", "input.size=[64, 64]",
+                 "train.batch_size=4", "train.epochs=40", "train.warmup_steps=20", "train.precompute=false",
+                 "model.retinanet.fpn_channels=16", "train.checkpoint_every=0"]  # fmt: skip
+    torch.manual_seed(0)
+    train(load_config("cpu_digits", overrides), progress=False)
+    return run
+
+
+def agreement(found, reference) -> float:
+    """The share of ``reference``'s detections that ``found`` has too: same label, IoU >= 0.9."""
+    from multibox.boxes import box_iou
+
+    if len(reference) == 0:
+        return 1.0
+    iou = box_iou(reference.boxes, found.boxes) * (reference.labels[:, None] == found.labels[None])
+    return float((iou.amax(1) >= 0.9).float().mean()) if len(found) else 0.0
+
+
 def random_boxes(n: int, size: float = 100.0, min_side: float = 1.0, generator=None) -> torch.Tensor:
     """``n`` valid xyxy boxes inside a ``size`` x ``size`` image."""
     xy = torch.rand(n, 2, generator=generator) * size * 0.8

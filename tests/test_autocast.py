@@ -37,3 +37,56 @@ def test_convolutions_wider_than_their_stride_stay_in_bf16():
         conv(torch.randn(1, 3, 1, 1))  # a failing call still leaves autocast as it was
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert conv(torch.randn(1, 8, 8, 8)).dtype == torch.bfloat16
+
+
+def test_bf16_inference_keeps_fp32_s_detections(digits, trained_run):
+    """``precision="bf16"``: the network under autocast, the post-processing in float32 (its
+    outputs are handed over as float32); bf16 rounds the features, so detections are compared as
+    the OpenVINO bf16 IR's are: most confident fp32 boxes kept at IoU >= 0.9, same label."""
+    from conftest import agreement
+
+    from multibox import load
+
+    fp32 = load(trained_run / "last.pt", device="cpu")
+    bf16 = load(trained_run / "last.pt", device="cpu", precision="bf16")
+    assert bf16.precision == "bf16" and fp32.precision == "fp32"
+    network = bf16._network
+    image = torch.zeros(1, 3, 64, 64)
+    output = network(image)
+    assert all(part.dtype == torch.float32 for part in output)
+    with torch.no_grad():
+        plain = bf16.model(image)
+    assert not torch.equal(output.cls_logits, plain.cls_logits)  # the autocast ran: bf16 rounding
+    shares = []
+    for image in sorted(str(p) for p in (digits / "JPEGImages").glob("*.jpg")):
+        reference = fp32.predict(image, conf=0.3)
+        shares.append((agreement(bf16.predict(image, conf=0.2), reference), len(reference)))
+    total = sum(count for _, count in shares)
+    assert total >= 10
+    assert sum(share * count for share, count in shares) / total >= 0.8
+
+
+def test_bf16_inference_is_refused_where_it_does_not_apply(digits_run, tmp_path):
+    from multibox import load
+    from multibox.export import export_onnx
+
+    with pytest.raises(ValueError, match="precision must be fp32 or bf16, got 'fp16'"):
+        load(digits_run / "best.pt", device="cpu", precision="fp16")
+    onnx = export_onnx(digits_run / "best.pt", tmp_path / "digits.onnx", nms=True)
+    with pytest.raises(ValueError, match="onnxruntime runs the graph as exported"):
+        load(onnx, precision="bf16")
+
+
+def test_cli_predict_in_bf16(digits, digits_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from multibox.cli import app
+
+    images = sorted(str(p) for p in (digits / "JPEGImages").glob("*.jpg"))[:2]
+    result = CliRunner().invoke(app, ["predict", "--weights", str(digits_run / "best.pt"), "--precision", "bf16",
+                                      "--conf", "0.01", "--out", str(tmp_path / "out"), *images])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "2 images" in result.output and (tmp_path / "out" / "predictions.json").is_file()
+    result = CliRunner().invoke(app, ["predict", "--weights", str(digits_run / "best.pt"), "--precision", "fp8",
+                                      "--out", str(tmp_path / "bad"), *images])  # fmt: skip
+    assert result.exit_code == 2 and "precision must be fp32 or bf16, got 'fp8'" in result.output

@@ -6,10 +6,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import assert_same_detections
+from conftest import agreement, assert_same_detections
 
 from multibox import load
-from multibox.boxes import box_iou
 from multibox.config import load_config
 from multibox.engine import train
 from multibox.export import export_openvino
@@ -28,18 +27,6 @@ def yolo_run(digits, tmp_path_factory):
                  "detect.score_thresh=0.001"]  # fmt: skip
     torch.manual_seed(0)
     train(load_config("yolov3", overrides), progress=False)
-    return run
-
-
-@pytest.fixture(scope="module")
-def trained_run(digits, tmp_path_factory):
-    """cpu_digits trained 40 epochs on the 16 scenes at 64x64: detections it is sure of."""
-    run = tmp_path_factory.mktemp("trained_run")
-    overrides = [f"data.path={digits}", f"output={run}", "data.val_split=", "input.size=[64, 64]",
-                 "train.batch_size=4", "train.epochs=40", "train.warmup_steps=20", "train.precompute=false",
-                 "model.retinanet.fpn_channels=16", "train.checkpoint_every=0"]  # fmt: skip
-    torch.manual_seed(0)
-    train(load_config("cpu_digits", overrides), progress=False)
     return run
 
 
@@ -65,14 +52,6 @@ def test_openvino_fp32_gives_pytorch_s_detections(kind, digits, digits_run, yolo
     assert found > 0
 
 
-def _agreement(found, reference) -> float:
-    """The share of ``reference``'s detections that ``found`` has too: same label, IoU >= 0.9."""
-    if len(reference) == 0:
-        return 1.0
-    iou = box_iou(reference.boxes, found.boxes) * (reference.labels[:, None] == found.labels[None])
-    return float((iou.amax(1) >= 0.9).float().mean()) if len(found) else 0.0
-
-
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
 def test_bf16_and_int8_agree_with_fp32(precision, digits, trained_run, tmp_path):
     if precision == "bf16" and not HAS_BF16:
@@ -85,7 +64,7 @@ def test_bf16_and_int8_agree_with_fp32(precision, digits, trained_run, tmp_path)
     shares = []
     for image in sorted(str(p) for p in (digits / "JPEGImages").glob("*.jpg")):  # all 20 scenes
         reference = fp32.predict(image, conf=0.3)  # the detections fp32 is sure of
-        shares.append((_agreement(other.predict(image, conf=0.2), reference), len(reference)))
+        shares.append((agreement(other.predict(image, conf=0.2), reference), len(reference)))
     total = sum(count for _, count in shares)
     assert total >= 10
     assert sum(share * count for share, count in shares) / total >= 0.8  # most boxes at IoU >= 0.9

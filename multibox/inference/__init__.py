@@ -17,15 +17,22 @@ from .predictor import Predictor
 __all__ = ["OnnxPredictor", "OpenVinoPredictor", "Predictor", "load"]
 
 
-def load(path: str | Path, device: str | None = None) -> Predictor:
+def load(path: str | Path, device: str | None = None, precision: str | None = None) -> Predictor:
     """A :class:`Predictor` from a training checkpoint (``best.pt`` or ``last.pt``; never runs code
     from it), from an ONNX file of ``multibox export`` (an :class:`OnnxPredictor`, on
     onnxruntime's CPU provider), or from an OpenVINO IR of ``multibox export --format openvino``
-    (``.xml``: an :class:`OpenVinoPredictor`, at the precision it was exported for)."""
+    (``.xml``: an :class:`OpenVinoPredictor`, at the precision it was exported for).
+
+    ``precision``: for a checkpoint ``fp32`` (default) or ``bf16`` (its network under bf16
+    autocast: faster on CPUs with AMX); for an IR, ``fp32`` or ``bf16`` instead of its own; an ONNX
+    graph runs as exported.
+    """
     suffix = Path(path).suffix.lower()
     if suffix == ".onnx":
+        if precision not in (None, "fp32"):
+            raise ValueError(f"{path}: onnxruntime runs the graph as exported (fp32 or INT8), not {precision}")
         return OnnxPredictor(path)
     if suffix == ".xml":
-        return OpenVinoPredictor(path)
+        return OpenVinoPredictor(path, precision)
     model, config, names = restore(path)
-    return Predictor(model, config, names, device)
+    return Predictor(model, config, names, device, precision or "fp32")

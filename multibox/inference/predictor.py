@@ -13,6 +13,8 @@ from ..config import Config
 from ..data.io import read_image
 from ..data.preprocess import Preprocess
 from ..detect import TILE_OVERLAP, detect_images, detect_tiled
+from ..kinds import kind_of
+from ..models.autocast import BFloat16Network
 from ..structures import Detections
 
 __all__ = ["ImageLike", "Predictor"]
@@ -29,15 +31,34 @@ class Predictor:
             (:class:`~multibox.data.preprocess.Preprocess`), ``detect`` the post-processing.
         class_names: names of classes ``0..C-1``.
         device: where to run (default: the GPU where there is one).
+        precision: ``fp32``, or ``bf16``: the network (a dense detector's) under bf16 autocast,
+            the post-processing in float32 (:class:`~multibox.models.autocast.BFloat16Network`);
+            it pays on CPUs with AMX and on GPUs. ``model`` stays the float32 network (export,
+            evaluation); ``predict`` uses the precision.
     """
 
-    def __init__(self, model: torch.nn.Module, config: Config, class_names: Sequence[str], device: str | None = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        config: Config,
+        class_names: Sequence[str],
+        device: str | None = None,
+        precision: str = "fp32",
+    ):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.config = config
         self.preprocess = Preprocess.of(config.input)
         self.memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format).eval()
         self.class_names = list(class_names)
+        self.precision = precision
+        self._network = self.model
+        if precision == "bf16":
+            if not kind_of(config).dense or kind_of(config).two_stage:
+                raise ValueError(f"bf16 inference covers the dense detectors; a {config.model.kind} runs in fp32")
+            self._network = BFloat16Network(self.model)
+        elif precision != "fp32":
+            raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
 
     @torch.no_grad()
     def predict(
@@ -73,10 +94,10 @@ class Predictor:
         for image in images:
             pixels = read_image(Path(image)) if isinstance(image, str | Path) else np.asarray(image)
             if tile:
-                det = detect_tiled(self.model, pixels, self.preprocess, settings, tile, overlap, batch_size,
+                det = detect_tiled(self._network, pixels, self.preprocess, settings, tile, overlap, batch_size,
                                    self.memory_format, progress)  # fmt: skip
             else:
-                (det,) = detect_images(self.model, [pixels], self.preprocess, settings, self.memory_format)
+                (det,) = detect_images(self._network, [pixels], self.preprocess, settings, self.memory_format)
             det.names = self.class_names
             results.append(det)
         return results[0] if single else results

@@ -1,4 +1,7 @@
-"""A guard around one wrong result of PyTorch's CPU bf16 convolution.
+"""bf16 autocast for inference, and a guard around one wrong result of PyTorch's CPU bf16 convolution.
+
+:class:`BFloat16Network` runs a dense network under bf16 autocast and hands its outputs to the
+post-processing in float32 (ranking and decoding in bf16 would tie scores and move boxes).
 
 Under CPU autocast to bfloat16, the weight gradient of a convolution with stride ``s > 1`` and
 padding, whose input is narrower than ``s`` (so its output is one column wide), has its taps
@@ -14,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["guard_bf16_strided_convs"]
+__all__ = ["BFloat16Network", "guard_bf16_strided_convs"]
 
 
 def guard_bf16_strided_convs(model: nn.Module) -> int:
@@ -60,3 +63,22 @@ def _leave_float32(conv: nn.Conv2d, inputs, output):
     if contexts:
         contexts.pop().__exit__(None, None, None)
     return None
+
+
+class BFloat16Network(nn.Module):
+    """``network`` (a dense detector) under bf16 autocast, its outputs float32; ``detect`` is the
+    network's, in float32. Measured 1.30x faster than float32 at 512x512 on an AMX CPU
+    (``bench/bf16.py``); on CPUs without bf16 instructions PyTorch emulates it, slower."""
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network
+        guard_bf16_strided_convs(network)
+
+    def forward(self, images: Tensor):
+        with torch.autocast(images.device.type, torch.bfloat16):
+            output = self.network(images)
+        return type(output)(*(part.float() for part in output))
+
+    def detect(self, *args, **kwargs):
+        return self.network.detect(*args, **kwargs)
