@@ -1,6 +1,6 @@
-"""Batch-1 latency of the default preset on this CPU: PyTorch eager, onnxruntime fp32 and INT8,
-OpenVINO fp32, bf16 (where the CPU has it) and INT8, and torchvision's RetinaNet on the same
-MobileNetV2 backbone; and the COCO AP of each exported graph.
+"""Batch-1 latency of the default preset on this CPU: PyTorch eager (fp32 and bf16 autocast),
+onnxruntime fp32 and INT8, OpenVINO fp32, bf16 (where the CPU has it) and INT8, and
+torchvision's RetinaNet on the same MobileNetV2 backbone; and the COCO AP of each.
 
     python bench/onnx_latency.py --weights runs/demo/best.pt --data data/demo-digits [--size 512 --repeats 40]
 
@@ -40,6 +40,7 @@ from multibox.evaluation import evaluate
 from multibox.export import export_onnx, export_openvino
 from multibox.inference import OnnxPredictor, OpenVinoPredictor
 from multibox.inference.openvino import cpu_capabilities
+from multibox.models.autocast import BFloat16Network
 
 
 class _MobileNetFPN(torch.nn.Module):
@@ -89,6 +90,8 @@ def main() -> None:
         onnx = OnnxPredictor(path)
         ap[name] = evaluate(onnx.model, val, onnx.config)[0]["AP"]
     pytorch_ap = evaluate(ours.model, val, ours.config)[0]["AP"]
+    bf16_ap = evaluate(BFloat16Network(ours.model), val, ours.config)[0]["AP"]
+    print(f"COCO AP, PyTorch bf16 autocast: {bf16_ap:.4f} ({100 * (bf16_ap - pytorch_ap):+.2f} points against fp32)")
     print(f"COCO AP on {args.data} val: PyTorch {pytorch_ap:.4f}, onnxruntime fp32 {ap['fp32']:.4f}, "
           f"INT8 {ap['int8']:.4f} (INT8 - fp32: {100 * (ap['int8'] - ap['fp32']):+.2f} points)")  # fmt: skip
     precisions = [p for p in ("fp32", "bf16", "int8") if p != "bf16" or "BF16" in cpu_capabilities()]
@@ -117,8 +120,13 @@ def main() -> None:
     model = ours.model
     channels_last = image.contiguous(memory_format=torch.channels_last)
 
+    autocast = BFloat16Network(model)
+
     def eager():
         return model.detect(model(channels_last), (args.size, args.size))
+
+    def eager_bf16():
+        return model.detect(autocast(channels_last), (args.size, args.size))
 
     def runtime(name):
         return lambda: sessions[name].run(None, {"images": array})
@@ -134,6 +142,7 @@ def main() -> None:
     ratios = {}
     for name, fn in (
         ("PyTorch eager", eager),
+        ("PyTorch bf16 autocast", eager_bf16),
         ("onnxruntime fp32", runtime("fp32")),
         ("onnxruntime INT8", runtime("int8")),
         *((f"OpenVINO {precision}", openvino_runtime(precision)) for precision in precisions),
