@@ -2,6 +2,7 @@
 trips, and a CPU without bf16 told so."""
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -155,3 +156,30 @@ def test_a_cpu_without_bf16_and_bad_options_get_clear_errors(digits, digits_run,
         load(tmp_path / "lonely.xml")
     result = runner.invoke(app, ["predict", "--weights", weights, "--runtime", "openvino", _images(digits)[0]])
     assert result.exit_code == 2 and "--runtime openvino runs a .xml file" in result.output
+
+
+def test_an_openvino_ir_is_served(digits, trained_run, tmp_path):
+    """An INT8 IR behind a real uvicorn: its inference runs in the server's thread, answers equal
+    the IR's own predictions, and 200 requests 8 at a time get 200s (OpenVINO's compiled model is
+    called from that one thread only)."""
+    from test_serve import Server, _multipart
+
+    from multibox.data.io import read_image
+    from multibox.inference.serve import create_app
+
+    detector = load(export_openvino(load(trained_run / "last.pt", device="cpu"), tmp_path / "int8.xml", "int8",
+                                    calib=digits / "JPEGImages", calib_images=16))  # fmt: skip
+    path = sorted((digits / "JPEGImages").glob("val_*.jpg"))[0]
+    expected = detector.predict(read_image(path), conf=0.05)
+    with Server(create_app(detector)) as server:
+        status, health = server.request("/healthz")
+        assert status == 200 and health["classes"] == detector.class_names
+        status, raw = server.request("/v1/detect?conf=0.05", *_multipart(path.read_bytes()))
+        assert status == 200 and len(raw["detections"]) == len(expected) > 0
+        assert np.allclose([d["box"] for d in raw["detections"]], expected.boxes.tolist(), atol=0.01)
+        assert [d["label"] for d in raw["detections"]] == expected.labels.tolist()
+        data = path.read_bytes()
+        with ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(lambda _: server.request("/v1/detect", data, {"Content-Type": "image/jpeg"})[0],
+                                     range(200)))  # fmt: skip
+    assert statuses == [200] * 200
