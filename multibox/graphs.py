@@ -99,11 +99,10 @@ class DetectionGraph(nn.Module):
         return top_boxes, top_scores, labels.gather(1, top)
 
     def _candidates(self, logits: Tensor) -> tuple[Tensor, Tensor, Tensor, int]:
-        """The top-k (anchor, class) entries of each level, as ``scores, labels, anchor [B, C]``, and
-        the number of classes
-        (:func:`~multibox.postprocess.postprocess`'s candidates before its score threshold, which
-        NMS applies here). A sigmoid head ranks its logits (the sigmoid is monotonic) and
-        activates the candidates only."""
+        """The top-k (anchor, class) entries of each level as ``scores, labels, anchor [B, C]``,
+        and the number of classes: :func:`~multibox.postprocess.postprocess`'s candidates before
+        its score threshold (which NMS applies here). A sigmoid head ranks its logits (the
+        sigmoid is monotonic) and activates the candidates only."""
         sigmoid = self.model.activation == "sigmoid"
         ranking = logits if sigmoid else class_scores(logits, self.model.activation)
         num_classes = ranking.shape[2]

@@ -68,10 +68,17 @@ def test_bf16_inference_keeps_fp32_s_detections(digits, trained_run):
 
 def test_bf16_inference_is_refused_where_it_does_not_apply(digits_run, tmp_path):
     from multibox import load
+    from multibox.config import load_config
     from multibox.export import export_onnx
+    from multibox.inference import Predictor
+    from multibox.kinds import build_model
 
     with pytest.raises(ValueError, match="precision must be fp32 or bf16, got 'fp16'"):
         load(digits_run / "best.pt", device="cpu", precision="fp16")
+    config = load_config("faster_rcnn", ["model.backbone.pretrained=none", "input.size=[64, 64]"])
+    model = build_model(config.model, 2, image_size=config.input.size)
+    with pytest.raises(ValueError, match="bf16 inference covers the dense detectors; a faster_rcnn runs in fp32"):
+        Predictor(model, config, ["a", "b"], device="cpu", precision="bf16")
     onnx = export_onnx(digits_run / "best.pt", tmp_path / "digits.onnx", nms=True)
     with pytest.raises(ValueError, match="onnxruntime runs the graph as exported"):
         load(onnx, precision="bf16")
