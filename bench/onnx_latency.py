@@ -76,6 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     ours = load(args.weights, device="cpu")
+    autocast = BFloat16Network(ours.model)  # the same network under bf16 autocast
     train_images = Path(args.data) / "JPEGImages"
     calib = Path(tempfile.mkdtemp())
     for file in sorted(p for p in train_images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:64]:
@@ -90,7 +91,7 @@ def main() -> None:
         onnx = OnnxPredictor(path)
         ap[name] = evaluate(onnx.model, val, onnx.config)[0]["AP"]
     pytorch_ap = evaluate(ours.model, val, ours.config)[0]["AP"]
-    bf16_ap = evaluate(BFloat16Network(ours.model), val, ours.config)[0]["AP"]
+    bf16_ap = evaluate(autocast, val, ours.config)[0]["AP"]
     print(f"COCO AP, PyTorch bf16 autocast: {bf16_ap:.4f} ({100 * (bf16_ap - pytorch_ap):+.2f} points against fp32)")
     print(f"COCO AP on {args.data} val: PyTorch {pytorch_ap:.4f}, onnxruntime fp32 {ap['fp32']:.4f}, "
           f"INT8 {ap['int8']:.4f} (INT8 - fp32: {100 * (ap['int8'] - ap['fp32']):+.2f} points)")  # fmt: skip
@@ -119,8 +120,6 @@ def main() -> None:
     array = image.numpy()
     model = ours.model
     channels_last = image.contiguous(memory_format=torch.channels_last)
-
-    autocast = BFloat16Network(model)
 
     def eager():
         return model.detect(model(channels_last), (args.size, args.size))
