@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from .cli_errors import fail
 from .data.records import DataError
 
 app = typer.Typer(help="Datasets: convert between formats, check, show, synthesise.", no_args_is_help=True)
@@ -14,11 +15,6 @@ app.add_typer(synth_app, name="synth")
 
 FORMAT_HELP = "voc | coco | yolo | csv (default: detected from PATH)"
 IMAGES_HELP = "COCO: the folder file_name is relative to (default: the JSON file's folder)"
-
-
-def _fail(error: Exception) -> None:
-    typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
 
 
 @app.command()
@@ -39,7 +35,7 @@ def convert(
     try:
         reports = run(src, dst, to, fmt, policy, images)
     except (DataError, ValueError, OSError) as error:
-        _fail(error)
+        fail(error)
     for split, report in reports.items():
         typer.echo(f"{split}: written to {dst} as {to}; {report}".rstrip())
 
@@ -70,7 +66,7 @@ def check(
     try:
         results, datasets = check_dataset(path, fmt, split, decode, images)
     except (DataError, ValueError, OSError) as error:
-        _fail(error)
+        fail(error)
     total = 0
     for result in results:
         s = result.summary
@@ -89,7 +85,7 @@ def check(
         try:
             plot_box_statistics(datasets, target)
         except OSError as error:
-            _fail(error)
+            fail(error)
         typer.echo(f"box statistics ({', '.join(datasets)}): {target}")
     typer.echo(f"{total} problem(s) found")
     if total:
@@ -127,7 +123,7 @@ def show(
             for i in sorted(picks)
         ]
     except (DataError, ValueError, OSError) as error:
-        _fail(error)
+        fail(error)
     import cv2
 
     grid = cv2.cvtColor(image_grid(tiles), cv2.COLOR_RGB2BGR)
@@ -203,7 +199,7 @@ def _synthesized(render, train: int, val: int) -> None:
     try:
         paths = render()
     except (DataError, ValueError, OSError) as error:
-        _fail(error)
+        fail(error)
     typer.echo(
         f"{train} training and {val} validation scenes in {time.perf_counter() - start:.1f} s: "
         f"{', '.join(f'{k} -> {v}' for k, v in paths.items())}"

@@ -7,14 +7,10 @@ from pathlib import Path
 
 import typer
 
+from .cli_errors import fail
 from .data.records import DataError
 
 __all__ = ["predict", "warn_if_large"]
-
-
-def _fail(error: Exception) -> None:
-    typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
 
 
 def predict(
@@ -68,7 +64,7 @@ def predict(
             images.append({"id": index, "file_name": str(path), "height": pixels.shape[0], "width": pixels.shape[1]})
             found.append(det)
     except (DataError, ValueError, RuntimeError, OSError) as error:
-        _fail(error)
+        fail(error)
     categories = list(range(1, len(predictor.class_names) + 1))
     write_coco_results(out / "predictions.json", range(1, len(found) + 1), found, categories, predictor.class_names)
     atomic_write_text(out / "images.json", json.dumps(images))
@@ -90,7 +86,7 @@ def _check_predict_options(conf: float, iou: float | None, tile: int | None, ove
     if max_side < 0:
         problems.append(f"--max-side is a side in pixels, or 0 for the image's own, got {max_side}")
     if problems:
-        _fail(ValueError("; ".join(problems)))
+        fail(ValueError("; ".join(problems)))
 
 
 def _copy_name(path: Path) -> str:
@@ -163,7 +159,7 @@ def _image_paths(sources: list[str]) -> list[Path]:
         else:
             paths += sorted(Path(p) for p in glob.glob(source))
     if not paths:
-        _fail(FileNotFoundError(f"no images found in {sources}"))
+        fail(FileNotFoundError(f"no images found in {sources}"))
     return paths
 
 

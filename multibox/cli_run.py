@@ -7,13 +7,9 @@ from pathlib import Path
 
 import typer
 
+from .cli_errors import fail
 from .config import PRESETS, ConfigError
 from .data.records import DataError
-
-
-def _fail(error: Exception) -> None:
-    typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
 
 
 def train(
@@ -43,7 +39,7 @@ def train(
     from .engine.resumption import RunFinished
 
     if config is not None and preset is not None:
-        _fail(ConfigError("give --config or --preset, not both"))
+        fail(ConfigError("give --config or --preset, not both"))
     try:
         if resume is not None:
             resume = find_checkpoint(resume)
@@ -53,7 +49,7 @@ def train(
             recipe = load_config(config or preset or "default", overrides or [])
         metrics = run(recipe, resume=resume)
     except (ConfigError, DataError, ValueError, FloatingPointError, RuntimeError, OSError) as error:
-        _fail(error)
+        fail(error)
     except RunFinished as finished:
         typer.echo(str(finished))
         raise typer.Exit(0) from None
@@ -97,7 +93,7 @@ def lr_find(
         resolved = load_config(config or "default", overrides or [])
         result = run(resolved, out, start, end, steps)
     except (ConfigError, DataError, ValueError, FloatingPointError, RuntimeError, OSError) as error:
-        _fail(error)
+        fail(error)
     folder = out or Path(resolved.output)
     stopped = "diverged" if result.diverged else "reached the end"
     typer.echo(
@@ -141,7 +137,7 @@ def evaluate(
                            predictor.preprocess)  # fmt: skip
         metrics, detections = run(predictor.model, dataset, predictor.config)
     except (DataError, ValueError, RuntimeError, OSError) as error:
-        _fail(error)
+        fail(error)
     out = out or weights.parent
     per_class = metrics.pop("per_class", None)
     written = [out / "metrics.json", out / "predictions.json"]
@@ -208,7 +204,7 @@ def anchors(
         size, config.input.resize = seen_size(config, dataset)  # with tiles: the images' own size
         coverage, suggested, overrides = kind.doctor(config, dataset, size)
     except (ConfigError, DataError, ValueError) as error:
-        _fail(error)
+        fail(error)
     _anchor_report(data, split, preset, size, config, dataset, coverage, suggested, overrides, out)
     if max(coverage.matched, suggested.matched) < LOW_COVERAGE:
         advice = " ".join(choice.setting for choice in recommend_input(dataset))
@@ -294,7 +290,7 @@ def export(
             export_onnx(predictor, target, nms, dynamic_batch, score_thresh=conf, nms_iou=iou, max_det=max_det,
                         int8=int8, calib=calib, image_size=size)  # fmt: skip
     except (DataError, ValueError, RuntimeError, OSError) as error:
-        _fail(error)
+        fail(error)
     if predictor.preprocess.fixed().resize != predictor.preprocess.resize:
         side = f"{image_size}x{image_size}" if image_size else "x".join(map(str, predictor.preprocess.size))
         typer.echo(f"input: the run's minmax resize exported as letterbox at {side} (a graph takes one input size)")
@@ -345,7 +341,7 @@ def serve(
     try:
         predictor = load(weights)
     except (DataError, ValueError, RuntimeError, OSError) as error:
-        _fail(error)
+        fail(error)
     if host not in ("127.0.0.1", "localhost", "::1"):
         typer.secho(f"serving on {host}: reachable from other machines, with no authentication", fg=typer.colors.YELLOW)
     limits = Limits(int(max_mb * 2**20), int(max_megapixels * 1e6), timeout)
