@@ -307,5 +307,12 @@ def _quantize_openvino(model, predictor: Predictor, files: list[Path]):
 
     dataset = nncf.Dataset(files, lambda file: predictor.prepare(read_image(file)).numpy())
     post_processing = nncf.IgnoredScope(patterns=["^/(?!model/).*"])
-    nncf.set_log_level(logging.WARNING)  # not a line for each ignored node
-    return nncf.quantize(model, dataset, subset_size=len(files), ignored_scope=post_processing)
+    logger = logging.getLogger("nncf")  # quiet while it runs (a line for each ignored node), then as it was
+    levels = [logger.level, *(handler.level for handler in logger.handlers)]
+    nncf.set_log_level(logging.WARNING)
+    try:
+        return nncf.quantize(model, dataset, subset_size=len(files), ignored_scope=post_processing)
+    finally:
+        logger.setLevel(levels[0])
+        for handler, level in zip(logger.handlers, levels[1:], strict=True):
+            handler.setLevel(level)

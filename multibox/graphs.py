@@ -108,7 +108,7 @@ class DetectionGraph(nn.Module):
         num_classes = ranking.shape[2]
         values, labels, anchors, start = [], [], [], 0
         for size in self.level_sizes:
-            v, label, anchor = _level_topk(ranking[:, start : start + size], self.topk)
+            v, label, anchor = _best_entries(ranking[:, start : start + size], self.topk)
             values.append(v)
             labels.append(label)
             anchors.append(anchor + start)
@@ -118,7 +118,7 @@ class DetectionGraph(nn.Module):
         return scores, torch.cat(labels, dim=1), torch.cat(anchors, dim=1), num_classes
 
 
-def _level_topk(level: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+def _best_entries(level: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     """The ``k`` largest (anchor, class) entries of a level's ``[B, A, K]`` scores, unsorted:
     ``values, labels, anchors [B, k]`` (all entries where there are fewer).
 

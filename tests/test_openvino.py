@@ -2,6 +2,7 @@
 trips, and a CPU without bf16 told so."""
 
 import json
+import logging
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -59,9 +60,13 @@ def test_bf16_and_int8_agree_with_fp32(precision, digits, trained_run, tmp_path)
         pytest.skip("this CPU has no bf16 for OpenVINO (the message is tested below)")
     checkpoint = load(trained_run / "last.pt", device="cpu")
     fp32 = load(export_openvino(checkpoint, tmp_path / "fp32.xml"))
+    import nncf  # noqa: F401  (it sets its logger's level when imported)
+
+    nncf_level = logging.getLogger("nncf").level
     other = load(export_openvino(checkpoint, tmp_path / f"{precision}.xml", precision,
                                  calib=digits / "JPEGImages", calib_images=16))  # fmt: skip
     assert other.precision == precision
+    assert logging.getLogger("nncf").level == nncf_level  # quietened during the quantization only
     shares = []
     for image in sorted(str(p) for p in (digits / "JPEGImages").glob("*.jpg")):  # all 20 scenes
         reference = fp32.predict(image, conf=0.3)  # the detections fp32 is sure of
@@ -162,7 +167,7 @@ def test_an_openvino_ir_is_served(digits, trained_run, tmp_path):
     """An INT8 IR behind a real uvicorn: its inference runs in the server's thread, answers equal
     the IR's own predictions, and 200 requests 8 at a time get 200s (OpenVINO's compiled model is
     called from that one thread only)."""
-    from test_serve import Server, _multipart
+    from test_serve import Server
 
     from multibox.data.io import read_image
     from multibox.inference.serve import create_app
@@ -174,7 +179,7 @@ def test_an_openvino_ir_is_served(digits, trained_run, tmp_path):
     with Server(create_app(detector)) as server:
         status, health = server.request("/healthz")
         assert status == 200 and health["classes"] == detector.class_names
-        status, raw = server.request("/v1/detect?conf=0.05", *_multipart(path.read_bytes()))
+        status, raw = server.request("/v1/detect?conf=0.05", path.read_bytes(), {"Content-Type": "image/jpeg"})
         assert status == 200 and len(raw["detections"]) == len(expected) > 0
         assert np.allclose([d["box"] for d in raw["detections"]], expected.boxes.tolist(), atol=0.01)
         assert [d["label"] for d in raw["detections"]] == expected.labels.tolist()

@@ -54,7 +54,8 @@ class Predictor:
         self.precision = precision
         self._network = self.model
         if precision == "bf16":
-            if not kind_of(config).dense or kind_of(config).two_stage:
+            kind = kind_of(config)
+            if not kind.dense or kind.two_stage:
                 raise ValueError(f"bf16 inference covers the dense detectors; a {config.model.kind} runs in fp32")
             self._network = BFloat16Network(self.model)
         elif precision != "fp32":
